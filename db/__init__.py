@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, engine/session and Alembic migrations. Imports nothing of ours."""

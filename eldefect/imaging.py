@@ -1,0 +1,106 @@
+"""Decoding EL images into one representation: a float32 grayscale array on a 0..1 scale.
+
+Pure PIL + numpy (no torch), so the gateway can validate uploads with the same code the
+worker decodes them with. 16-bit images keep their dynamic range: they are scaled by their
+bit depth, never squeezed through 8 bits.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# ITU-R BT.601 luma; EL cameras are monochrome, RGB files are usually three equal channels.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a supported, intact image. `code` is a stable snake_case reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageDecodeError("empty_file", "the upload is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (not raises) between its limit and twice it; we decide ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            "unsupported_media_type",
+            f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("too_many_pixels", str(exc)) from None
+    if img.format not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(
+            "unsupported_media_type",
+            f"image format {img.format} is not supported; use one of {', '.join(SUPPORTED_FORMATS)}",
+        )
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("invalid_image", f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+        )
+    return img
+
+
+def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """Check the header (format, size, pixel limit) without decoding the pixel data."""
+    img = _open(data, max_pixels)
+    return ImageInfo(format=str(img.format), width=img.size[0], height=img.size[1], mode=img.mode)
+
+
+def _to_unit_gray(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if mode == "I":
+        # Pillow opens some 16-bit files as 32-bit "I"; values tell which depth was stored.
+        arr = np.asarray(img, dtype=np.float64)
+        depth_max = 65535.0 if arr.max(initial=0) <= 65535 else float(2**32 - 1)
+        return (np.clip(arr, 0, None) / depth_max).astype(np.float32)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max(initial=0.0))
+        return np.clip(arr / peak if peak > 1.0 else arr, 0.0, 1.0)
+    if mode == "L":
+        return np.asarray(img, dtype=np.float32) / 255.0
+    if mode != "RGB":
+        img = img.convert("RGB")  # palette, RGBA, CMYK, 1-bit, LA...
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
+    return rgb @ _LUMA
+
+
+def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation."""
+    img = _open(data, max_pixels)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        gray = _to_unit_gray(img)
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation as OSError
+        raise ImageDecodeError("corrupt_image", f"the image data cannot be decoded: {exc}") from None
+    return np.ascontiguousarray(gray, dtype=np.float32)

@@ -1,0 +1,73 @@
+"""The one settings object, read from the environment (and a `.env` file).
+
+Names follow CONTRACT.md. Every process (CLI, gateway, worker, beat) builds it once through
+`get_settings()`; tests that change the environment call `get_settings.cache_clear()`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# MLflow otherwise phones home on every run; set before mlflow is ever imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+EMBEDDED_BROKER_URL = "filesystem://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ELDEFECT_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    var_dir: Path = Field(Path("var"), description="Folder for embedded databases and files.")
+    database_url: str = "sqlite:///var/eldefect.db"
+    broker_url: str = Field(
+        EMBEDDED_BROKER_URL,
+        description="Celery broker; the default is kombu's filesystem transport under var/.",
+    )
+    broker_poll_interval_s: float = Field(
+        0.02, gt=0, description="Polling interval of the embedded transport (its latency)."
+    )
+    mlflow_tracking_uri: str = Field(
+        "sqlite:///var/mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "ELDEFECT_MLFLOW_TRACKING_URI"),
+    )
+    mlflow_experiment: str = "eldefect"
+    model_name: str = "el_defect_classifier"
+    model_alias: str = "production"
+
+    # Upload limits (gateway) and decode limit (everywhere an image is opened).
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)
+
+    # Serving.
+    auth_enabled: bool = True
+    batch_size: int = Field(16, ge=1)
+    batch_wait_ms: int = Field(50, ge=0)
+    inference_backend: Literal["auto", "onnx", "torch"] = "auto"
+    model_check_interval_s: float = Field(10.0, gt=0)
+    requeue_after_s: float = Field(60.0, gt=0, description="Sweep re-enqueues older queued jobs.")
+    running_timeout_s: float = Field(300.0, gt=0, description="Sweep fails/requeues stuck jobs.")
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    log_level: str = "INFO"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    def ensure_var_dir(self) -> Path:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        return self.var_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
