@@ -51,9 +51,19 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1)
     batch_wait_ms: int = Field(50, ge=0)
     inference_backend: Literal["auto", "onnx", "torch"] = "auto"
+    inference_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where a worker runs the model; `eldefect worker --device` sets it."
+    )
     model_check_interval_s: float = Field(10.0, gt=0)
     requeue_after_s: float = Field(60.0, gt=0, description="Sweep re-enqueues older queued jobs.")
     running_timeout_s: float = Field(300.0, gt=0, description="Sweep fails/requeues stuck jobs.")
+    max_attempts: int = Field(
+        3, ge=1, description="Claims of one job before the sweep fails it as worker_lost."
+    )
+    sweep_interval_s: float = Field(5.0, gt=0, description="How often beat runs the sweep.")
+    inference_queue: str = Field(
+        "inference.cpu", description="Queue the gateway and the sweep send inference tasks to."
+    )
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000

@@ -1,0 +1,320 @@
+"""Worker-side job transitions: claim, record, fail, release, sweep.
+
+The database is the truth about every job; broker messages only wake workers up. Each
+function here is one state transition, written as conditional UPDATEs so that it is safe
+under concurrency on PostgreSQL (row locks, `FOR UPDATE SKIP LOCKED`) and on SQLite (one
+writer at a time, `WHERE status = ...` plus the returned rows decide who won):
+
+    queued --claim_jobs--> running --record_results--> succeeded
+                              |  \\--fail_jobs--------> failed   (bad image: at once)
+                              |--release_jobs-------> queued   (transient error)
+    running past its lease --sweep--> queued, or failed/worker_lost after max_attempts
+    queued for too long -----sweep--> queued (enqueued_at bumped; the caller re-sends)
+
+Callers own the session and commit; every function flushes its changes and returns plain
+values. db imports nothing of ours, so timings and model names come in as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.models import InputStats, Job, JobImage, JobStatus, Result
+
+WORKER_LOST = "worker_lost"
+_OPEN = (JobStatus.queued, JobStatus.running)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker now holds, with what it needs to run it."""
+
+    id: str
+    image: bytes
+    created_at: datetime
+    started_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a worker found for one job, ready to be stored by `record_results`."""
+
+    job_id: str
+    probabilities: Mapping[str, float]
+    defects: Sequence[str]
+    thresholds: Mapping[str, float]
+    stats: Mapping[str, float]
+    queue_wait_ms: float
+    inference_ms: float
+
+
+@dataclass
+class SweepReport:
+    requeued_stale: list[str] = field(default_factory=list)  # queued too long: re-send
+    requeued_expired: list[str] = field(default_factory=list)  # running past lease: re-send
+    failed: list[str] = field(default_factory=list)  # running past lease, out of attempts
+
+    @property
+    def to_enqueue(self) -> list[str]:
+        return self.requeued_stale + self.requeued_expired
+
+
+def claim_jobs(
+    *,
+    session: Session,
+    limit: int,
+    lease_s: float,
+    prefer: str | None = None,
+    exclude: Iterable[str] = (),
+    now: datetime | None = None,
+) -> list[ClaimedJob]:
+    """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
+
+    PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent workers pick
+    disjoint sets without waiting. SQLite: the conditional UPDATE (`status = 'queued'`)
+    with RETURNING decides; a job another worker took in between is simply not returned.
+    """
+    if limit <= 0:
+        return []
+    now = now or utcnow()
+    candidates = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued)
+        .order_by(case((Job.id == prefer, 0), else_=1), Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)  # ignored on SQLite
+    )
+    skip = list(exclude)
+    if skip:
+        candidates = candidates.where(Job.id.not_in(skip))
+    ids = list(session.scalars(candidates))
+    if not ids:
+        return []
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempts=Job.attempts + 1,
+        )
+        .returning(Job.id, Job.created_at, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if not claimed:
+        return []
+    images = dict(
+        session.execute(
+            select(JobImage.job_id, JobImage.data).where(
+                JobImage.job_id.in_([row.id for row in claimed])
+            )
+        ).tuples()
+    )
+    order = {job_id: i for i, job_id in enumerate(ids)}
+    jobs = [
+        ClaimedJob(
+            id=row.id,
+            image=images.get(row.id, b""),
+            created_at=as_utc(row.created_at),
+            started_at=now,
+            attempts=row.attempts,
+        )
+        for row in claimed
+    ]
+    return sorted(jobs, key=lambda job: order[job.id])
+
+
+def _finish(session: Session, job_id: str, values: dict[str, Any]) -> bool:
+    """Close one open job; False when it is already closed (a redelivery, or the sweep won)."""
+    closed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_OPEN))
+        .values(lease_expires_at=None, **values)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    return closed is not None
+
+
+def record_results(
+    *,
+    session: Session,
+    outcomes: Sequence[JobOutcome],
+    model_name: str,
+    model_version: str,
+    now: datetime | None = None,
+) -> list[str]:
+    """Store result and input statistics and mark each job succeeded; returns the ids written.
+
+    Idempotent: a job that is no longer queued/running (it already has its result, or it
+    failed) is skipped, and the job row's conditional UPDATE comes first, so it is also the
+    lock that keeps two concurrent writers from both adding a result (the result's primary
+    key is the job id as a last line of defence).
+    """
+    now = now or utcnow()
+    written: list[str] = []
+    for outcome in outcomes:
+        values = {
+            "status": JobStatus.succeeded,
+            "finished_at": now,
+            "error_code": None,
+            "error_message": None,
+        }
+        if not _finish(session, outcome.job_id, values):
+            continue
+        if session.get(Result, outcome.job_id) is not None:  # cannot happen unless hand-edited
+            continue
+        session.execute(
+            insert(Result).values(
+                job_id=outcome.job_id,
+                model_name=model_name,
+                model_version=str(model_version),
+                probabilities={k: float(v) for k, v in outcome.probabilities.items()},
+                defects=list(outcome.defects),
+                thresholds={k: float(v) for k, v in outcome.thresholds.items()},
+                inference_ms=float(outcome.inference_ms),
+                queue_wait_ms=float(outcome.queue_wait_ms),
+                created_at=now,
+            )
+        )
+        if session.get(InputStats, outcome.job_id) is None:
+            session.execute(
+                insert(InputStats).values(
+                    job_id=outcome.job_id,
+                    created_at=now,
+                    **{k: float(outcome.stats[k]) for k in ("mean", "std", "p10", "p50", "p90")},
+                )
+            )
+        written.append(outcome.job_id)
+    session.flush()
+    return written
+
+
+def fail_jobs(
+    *,
+    session: Session,
+    errors: Mapping[str, tuple[str, str]],
+    now: datetime | None = None,
+) -> list[str]:
+    """Mark jobs failed with `{job_id: (code, message)}`; already-closed jobs are left alone."""
+    now = now or utcnow()
+    failed = []
+    for job_id, (code, message) in errors.items():
+        values = {
+            "status": JobStatus.failed,
+            "finished_at": now,
+            "error_code": code,
+            "error_message": message,
+        }
+        if _finish(session, job_id, values):
+            failed.append(job_id)
+    session.flush()
+    return failed
+
+
+def release_jobs(
+    *, session: Session, job_ids: Sequence[str], now: datetime | None = None
+) -> list[str]:
+    """Give running jobs back to the queue (the batch hit a transient error)."""
+    if not job_ids:
+        return []
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.running)
+        .values(
+            status=JobStatus.queued,
+            started_at=None,
+            lease_expires_at=None,
+            enqueued_at=now or utcnow(),
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [row.id for row in rows]
+
+
+def sweep(
+    *,
+    session: Session,
+    requeue_after_s: float,
+    max_attempts: int,
+    now: datetime | None = None,
+    limit: int = 1000,
+) -> SweepReport:
+    """Find jobs the broker or a dead worker lost, and put them back on track.
+
+    - queued with `enqueued_at` older than `requeue_after_s`: `enqueued_at` is bumped and the
+      caller re-sends a message (the broker may have dropped the first one);
+    - running past `lease_expires_at` (its worker died): back to queued for another try, or
+      `failed` with code `worker_lost` once it has been tried `max_attempts` times.
+    """
+    now = now or utcnow()
+    report = SweepReport()
+
+    def _ids(*conditions: Any) -> list[str]:
+        query = select(Job.id).where(*conditions).order_by(Job.created_at).limit(limit)
+        return list(session.scalars(query.with_for_update(skip_locked=True)))
+
+    stale = _ids(
+        Job.status == JobStatus.queued,
+        Job.enqueued_at < now - timedelta(seconds=requeue_after_s),
+    )
+    if stale:
+        report.requeued_stale = [
+            row.id
+            for row in session.execute(
+                update(Job)
+                .where(Job.id.in_(stale), Job.status == JobStatus.queued)
+                .values(enqueued_at=now)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        ]
+
+    expired = Job.status == JobStatus.running, Job.lease_expires_at < now
+    retry = _ids(*expired, Job.attempts < max_attempts)
+    if retry:
+        report.requeued_expired = [
+            row.id
+            for row in session.execute(
+                update(Job)
+                .where(Job.id.in_(retry), *expired)
+                .values(
+                    status=JobStatus.queued,
+                    enqueued_at=now,
+                    started_at=None,
+                    lease_expires_at=None,
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+        ]
+    give_up = _ids(*expired, Job.attempts >= max_attempts)
+    if give_up:
+        message = (
+            f"the worker running this job stopped {max_attempts} times before finishing it"
+        )
+        report.failed = fail_jobs(
+            session=session,
+            errors={job_id: (WORKER_LOST, message) for job_id in give_up},
+            now=now,
+        )
+    session.flush()
+    return report

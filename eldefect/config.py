@@ -1,0 +1,98 @@
+"""Training configuration: a typed, validated tree read from YAML (configs/train/*.yaml).
+
+The whole config is logged with every MLflow run, so any registered model can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SelectionMetric = Literal["val_macro_ap", "val_macro_recall", "val_macro_f1"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    format: Literal["voc", "elpv", "synthetic"] = "voc"
+    root: Path | None = Field(None, description="Dataset folder; --data overrides it.")
+    labels: str = Field("pvel_ad", description="Shipped label set name or a YAML path.")
+    ignore_unknown_labels: bool = False
+    missing_annotation: Literal["skip", "negative"] = "skip"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    # format: synthetic writes a dataset first (tests, demo) with these:
+    synthetic_n: int = Field(600, ge=10)
+    synthetic_size: int = Field(160, ge=32)
+    synthetic_classes: list[str] | None = None
+
+
+class ModelConfig(_Strict):
+    arch: Literal["cnn", "resnet18"] = "cnn"
+    width: int = Field(32, ge=4, description="CNN stem channels (doubled per block).")
+    depth: int = Field(3, ge=1, le=6, description="CNN blocks after the stem.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class InputConfig(_Strict):
+    size: int = Field(224, ge=32, description="Square side the image is resized to.")
+    mean: float = 0.5
+    std: float = Field(0.25, gt=0)
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rotate_degrees: float = Field(5.0, ge=0)
+    brightness: float = Field(0.2, ge=0)
+    contrast: float = Field(0.2, ge=0)
+    gamma: float = Field(0.2, ge=0, lt=1)
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    max_pos_weight: float = Field(10.0, ge=1)
+    patience: int = Field(6, ge=1, description="Epochs without improvement before stopping.")
+    min_epochs: int = Field(1, ge=1)
+    selection_metric: SelectionMetric = "val_macro_ap"
+    seed: int = 0
+    threads: int | None = Field(None, ge=1, description="torch threads; None: all cores.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop after this wall time.")
+
+
+class ThresholdConfig(_Strict):
+    recall_floor: float = Field(0.8, ge=0, le=1)
+    default: float = Field(0.5, gt=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    name: str = "eldefect"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    input: InputConfig = InputConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    thresholds: ThresholdConfig = ThresholdConfig()
+
+
+class ConfigError(ValueError):
+    """A training config file is missing or invalid (reason in the message)."""
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    if not path.is_file():
+        raise ConfigError(f"training config {path} does not exist")
+    try:
+        return TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is not a valid training config:\n{exc}") from None

@@ -1,0 +1,1 @@
+"""Datasets: readers for Pascal VOC and ELPV layouts, and synthetic EL images."""

@@ -1,0 +1,138 @@
+"""Dataset readers: Pascal VOC (multi-label) and ELPV (defective vs functional).
+
+Both return samples with image-level multi-hot targets and a `LoadReport` that counts every
+problem found on the way; nothing crashes half-way through a folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eldefect.data.voc_xml import read_voc_names
+from eldefect.labels import LabelSet
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used as configured (reason in the message)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    target: np.ndarray  # (C,) float32 multi-hot
+
+
+@dataclass
+class LoadReport:
+    """What a reader found, for one summary at the end."""
+
+    images: int = 0
+    missing_annotation: list[str] = field(default_factory=list)
+    empty_annotation: list[str] = field(default_factory=list)
+    bad_annotation: list[str] = field(default_factory=list)
+    unknown_labels: Counter[str] = field(default_factory=Counter)
+    unreadable_images: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.images} images"]
+        for name, items in (
+            ("without an annotation file", self.missing_annotation),
+            ("with an annotation but no objects (kept as defect-free)", self.empty_annotation),
+            ("with an unparsable annotation (skipped)", self.bad_annotation),
+            ("unreadable (skipped)", self.unreadable_images),
+        ):
+            if items:
+                shown = ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+                parts.append(f"{len(items)} {name}: {shown}")
+        if self.unknown_labels:
+            parts.append(f"unknown label names: {dict(self.unknown_labels)}")
+        return "; ".join(parts)
+
+
+def read_voc(
+    root: Path,
+    labels: LabelSet,
+    *,
+    ignore_unknown_labels: bool = False,
+    missing_annotation: str = "skip",
+) -> tuple[list[Sample], LoadReport]:
+    """Read `root/JPEGImages` + `root/Annotations` (one XML per image).
+
+    An image without an XML is skipped (`missing_annotation="skip"`) or taken as defect-free
+    (`"negative"`); an XML with no objects is a defect-free image. Unknown label names raise
+    `DatasetError` after the whole folder is read, unless `ignore_unknown_labels`.
+    """
+    image_dir, ann_dir = root / "JPEGImages", root / "Annotations"
+    if not image_dir.is_dir():
+        raise DatasetError(f"{root} is not a Pascal VOC folder: {image_dir} is missing")
+    report = LoadReport()
+    samples: list[Sample] = []
+    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        report.images += 1
+        target = np.zeros(len(labels), np.float32)
+        xml = ann_dir / f"{path.stem}.xml"
+        if not xml.is_file():
+            report.missing_annotation.append(path.name)
+            if missing_annotation == "skip":
+                continue
+        else:
+            try:
+                names = read_voc_names(xml)
+            except ET.ParseError:
+                report.bad_annotation.append(xml.name)
+                continue
+            if not names:
+                report.empty_annotation.append(xml.name)
+            for name in names:
+                if name in labels.labels:
+                    target[labels.index(name)] = 1.0
+                else:
+                    report.unknown_labels[name] += 1
+        samples.append(Sample(path, target))
+    if report.unknown_labels and not ignore_unknown_labels:
+        raise DatasetError(
+            f"{root}: label names not in label set {labels.name!r}: "
+            f"{dict(report.unknown_labels)}; fix the label set or set "
+            "data.ignore_unknown_labels: true"
+        )
+    log.info("read %s: %s", root, report.summary())
+    return samples, report
+
+
+def read_elpv(root: Path, labels: LabelSet) -> tuple[list[Sample], LoadReport]:
+    """Read ELPV's `labels.csv` (path, defect probability, cell type); defective = p >= 0.5."""
+    if len(labels) != 1:
+        raise DatasetError(f"ELPV has one target; label set {labels.name!r} has {len(labels)}")
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        raise DatasetError(f"{root} is not an ELPV folder: {csv_path} is missing")
+    report = LoadReport()
+    samples: list[Sample] = []
+    with csv_path.open() as fh:
+        for row in csv.reader(fh, delimiter=" ", skipinitialspace=True):
+            if not row:
+                continue
+            report.images += 1
+            path = root / row[0]
+            try:
+                probability = float(row[1])
+            except (IndexError, ValueError):
+                report.bad_annotation.append(" ".join(row))
+                continue
+            if not path.is_file():
+                report.unreadable_images.append(row[0])
+                continue
+            samples.append(Sample(path, np.array([probability >= 0.5], np.float32)))
+    log.info("read %s: %s", root, report.summary())
+    return samples, report

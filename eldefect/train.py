@@ -1,0 +1,299 @@
+"""Training: `eldefect train --config FILE` reads top to bottom from `train()`.
+
+Seeded stratified split -> decode once into a cache -> augmented training epochs with
+BCEWithLogitsLoss (tempered positive weights) and AdamW under a warm-up + cosine schedule ->
+validation every epoch, early stopping on the selection metric, best weights restored ->
+per-class thresholds on validation -> everything logged to MLflow with the model and its card.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from eldefect.augment import build_augmentation
+from eldefect.config import TrainConfig
+from eldefect.data.cache import CachedDataset, ImageCache
+from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
+from eldefect.data.split import stratified_split
+from eldefect.data.synth import write_synthetic_dataset
+from eldefect.labels import LabelSet, load_label_set
+from eldefect.metrics import (
+    ClassMetrics,
+    format_table,
+    macro,
+    per_class_metrics,
+    tune_thresholds,
+)
+from eldefect.models import build_model
+from eldefect.registry import ModelCard, configure_mlflow, log_model
+from eldefect.settings import Settings, get_settings
+from eldefect.stats import feature_profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    probs: np.ndarray  # (N, C)
+    targets: np.ndarray  # (N, C)
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    card: ModelCard
+    metrics: dict[str, float]
+    per_class: dict[str, ClassMetrics]
+    best_epoch: int
+
+
+def load_samples(
+    config: TrainConfig, labels: LabelSet, data_root: Path | None, workdir: Path
+) -> tuple[list[Sample], LoadReport]:
+    data = config.data
+    root = data_root or data.root
+    if data.format == "synthetic":
+        root = root or workdir / "synthetic"
+        if not (root / "JPEGImages").is_dir():
+            write_synthetic_dataset(
+                root, n=data.synthetic_n, seed=data.split_seed, size=data.synthetic_size,
+                classes=data.synthetic_classes,
+            )
+    if root is None:
+        raise ValueError("no dataset folder: give --data DIR or data.root in the config")
+    if data.format == "elpv":
+        return read_elpv(root, labels)
+    return read_voc(
+        root, labels, ignore_unknown_labels=data.ignore_unknown_labels,
+        missing_annotation=data.missing_annotation,
+    )
+
+
+def positive_weights(targets: np.ndarray, max_pos_weight: float) -> torch.Tensor:
+    """sqrt(negatives / positives) per class, clamped: tempered, so rare classes are heard
+    without the loss being dominated by a handful of images."""
+    pos = targets.sum(0)
+    neg = len(targets) - pos
+    return torch.tensor(np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, max_pos_weight), dtype=torch.float32)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    *,
+    epoch: int,
+    progress: bool,
+) -> tuple[float, float]:
+    """One pass over the training split; returns (mean loss, images per second)."""
+    model.train()
+    total, seen, start = 0.0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+    for x, y in bar:
+        x = x.to(device, memory_format=torch.channels_last)  # (B, 1, S, S)
+        y = y.to(device)  # (B, C)
+        loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / seen, seen / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device
+) -> EpochResult:
+    model.eval()
+    losses, probs, targets = [], [], []
+    for x, y in loader:
+        logits = model(x.to(device, memory_format=torch.channels_last))
+        losses.append(criterion(logits, y.to(device)).item() * len(x))
+        probs.append(torch.sigmoid(logits).float().cpu())
+        targets.append(y)
+    n = sum(len(t) for t in targets)
+    return EpochResult(sum(losses) / n, torch.cat(probs).numpy(), torch.cat(targets).numpy())
+
+
+def score(result: EpochResult, labels: LabelSet, config: TrainConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Validation metrics (prefixed val_) and the thresholds tuned on this result."""
+    names = list(labels.labels)
+    thresholds = tune_thresholds(
+        result.probs, result.targets, names,
+        recall_floor=config.thresholds.recall_floor, default=config.thresholds.default,
+    )
+    tuned = per_class_metrics(result.probs, result.targets, names, thresholds)
+    at_half = per_class_metrics(result.probs, result.targets, names, dict.fromkeys(names, 0.5))
+    metrics = {
+        "val_loss": result.loss,
+        "val_macro_ap": macro(tuned, "ap"),
+        "val_macro_recall": macro(tuned, "recall"),
+        "val_macro_precision": macro(tuned, "precision"),
+        "val_macro_f1": macro(tuned, "f1"),
+        "val_macro_recall_at_0.5": macro(at_half, "recall"),
+        "val_macro_f1_at_0.5": macro(at_half, "f1"),
+    }
+    return metrics, thresholds
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    # ru_maxrss is in KiB on Linux.
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data_root: Path | None = None,
+    settings: Settings | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    workdir: Path | None = None,
+) -> TrainOutcome:
+    settings = settings or get_settings()
+    torch.manual_seed(config.optim.seed)
+    np.random.seed(config.optim.seed)
+    if config.optim.threads:
+        torch.set_num_threads(config.optim.threads)
+    dev = torch.device(device)
+    labels = load_label_set(config.data.labels)
+    workdir = workdir or settings.ensure_var_dir()
+
+    # Data: read, split, decode once.
+    samples, report = load_samples(config, labels, data_root, workdir)
+    cache = ImageCache.build(samples, config.input.size, max_pixels=settings.max_image_pixels, progress=progress)
+    targets = cache.targets.numpy()
+    train_idx, val_idx = stratified_split(targets, config.data.val_fraction, config.data.split_seed)
+    norm = {"mean": config.input.mean, "std": config.input.std}
+    train_ds = CachedDataset(cache, train_idx, augment=build_augmentation(config.augment), **norm)
+    val_ds = CachedDataset(cache, val_idx, **norm)
+    generator = torch.Generator().manual_seed(config.optim.seed)
+    train_loader = DataLoader(train_ds, config.optim.batch_size, shuffle=True, drop_last=len(train_ds) > config.optim.batch_size, generator=generator)
+    val_loader = DataLoader(val_ds, config.optim.batch_size * 2)
+    log.info(
+        "data: %s; %d train / %d val; positives train %s val %s",
+        report.summary(), len(train_idx), len(val_idx),
+        targets[train_idx].sum(0).astype(int).tolist(), targets[val_idx].sum(0).astype(int).tolist(),
+    )
+
+    # Model, loss, optimiser, schedule.
+    model = build_model(config.model, len(labels)).to(dev, memory_format=torch.channels_last)
+    pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight).to(dev)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    steps_per_epoch = len(train_loader)
+    total_steps = config.optim.epochs * steps_per_epoch
+    warmup = int(config.optim.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / max(1, warmup))
+        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))),
+    )
+
+    metric = config.optim.selection_metric
+    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    best_thresholds: dict[str, float] = {}
+    configure_mlflow(settings)
+    started = time.perf_counter()
+    with mlflow.start_run(run_name=config.name, tags={"eldefect_kind": "train"}) as run:
+        mlflow.log_params(_flat_params(config) | {"pos_weight": json.dumps([round(w, 3) for w in pos_weight.tolist()]), "n_train": len(train_idx), "n_val": len(val_idx)})
+        mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+        mlflow.log_text(report.summary(), "dataset_report.txt")
+
+        epochs = tqdm(range(1, config.optim.epochs + 1), desc="train", unit="epoch", disable=not progress)
+        for epoch in epochs:
+            train_loss, throughput = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, dev, epoch=epoch, progress=progress)
+            val = evaluate(model, val_loader, criterion, dev)
+            metrics, thresholds = score(val, labels, config)
+            metrics |= {"train_loss": train_loss, "train_images_per_s": throughput}
+            mlflow.log_metrics(metrics, step=epoch)
+            improved = metrics[metric] > best_value
+            if improved:
+                best_value, best_epoch, best_thresholds = metrics[metric], epoch, thresholds
+                best_state = copy.deepcopy(model.state_dict())
+            epochs.set_postfix(loss=f"{train_loss:.4f}", **{metric: f"{metrics[metric]:.4f}"}, best=f"{best_value:.4f}@{best_epoch}")
+            log.info(
+                "epoch %d: train_loss %.4f val_loss %.4f %s %.4f (best %.4f @ %d) %.1f img/s",
+                epoch, train_loss, metrics["val_loss"], metric, metrics[metric], best_value, best_epoch, throughput,
+            )
+            if epoch >= config.optim.min_epochs and epoch - best_epoch >= config.optim.patience:
+                log.info("early stop: no %s improvement for %d epochs", metric, config.optim.patience)
+                break
+            if config.optim.max_minutes and time.perf_counter() - started > 60 * config.optim.max_minutes:
+                log.info("stopping: max_minutes=%s reached", config.optim.max_minutes)
+                break
+
+        # The kept model: best epoch's weights, scored again so every number is its own.
+        model.load_state_dict(best_state)
+        final = evaluate(model, val_loader, criterion, dev)
+        names = list(labels.labels)
+        per_class = per_class_metrics(final.probs, final.targets, names, best_thresholds)
+        at_half = per_class_metrics(final.probs, final.targets, names, dict.fromkeys(names, 0.5))
+        final_metrics, _ = score(final, labels, config)
+        summary = {f"best_{k}": v for k, v in final_metrics.items()} | {
+            "best_epoch": best_epoch,
+            "train_minutes": (time.perf_counter() - started) / 60,
+        } | peak_memory_mb(dev)
+        for name, m in per_class.items():
+            summary |= {f"best_val_ap_{name}": m.ap, f"best_val_recall_{name}": m.recall, f"best_val_precision_{name}": m.precision}
+        mlflow.log_metrics(summary)
+        table = format_table(per_class, "validation, tuned thresholds") + "\n\n" + format_table(at_half, "validation, threshold 0.5")
+        mlflow.log_text(table, "val_metrics.txt")
+        mlflow.log_dict(best_thresholds, "thresholds.json")
+
+        train_stats = [cache.stats[i] for i in train_idx]
+        profile = {
+            "features": feature_profile(train_stats),
+            "positive_rates": dict(zip(names, targets[train_idx].mean(0).tolist(), strict=True)),
+            "n_images": len(train_idx),
+        }
+        mlflow.log_dict(profile, "reference_profile.json")
+        mlflow.log_dict({"labels": names}, "labels.json")
+        card = ModelCard(
+            labels=names,
+            input={"size": config.input.size, "mean": config.input.mean, "std": config.input.std},
+            thresholds=best_thresholds,
+            selection_metric=metric,
+            selection_value=float(final_metrics[metric]),
+            profile=profile,
+            config=config.model_dump(mode="json"),
+        )
+        model_uri = log_model(model.to("cpu", memory_format=torch.contiguous_format), card)
+    log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
+    return TrainOutcome(run.info.run_id, model_uri, card, summary, per_class, best_epoch)
+
+
+def _flat_params(config: TrainConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for section, values in config.model_dump(mode="json").items():
+        if isinstance(values, dict):
+            out |= {f"{section}.{k}": str(v)[:250] for k, v in values.items()}
+        else:
+            out[section] = str(values)
+    return out
+
