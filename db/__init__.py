@@ -1,1 +1,4 @@
-"""Persistence: SQLAlchemy models, engine/session and Alembic migrations. Imports nothing of ours."""
+"""Persistence: SQLAlchemy models, engine and session, Alembic migrations, data access.
+
+Imports nothing of ours.
+"""

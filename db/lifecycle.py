@@ -120,13 +120,14 @@ def claim_jobs(
     ).all()
     if not claimed:
         return []
-    images = dict(
-        session.execute(
+    images: dict[str, bytes] = {
+        job_id: data
+        for job_id, data in session.execute(
             select(JobImage.job_id, JobImage.data).where(
                 JobImage.job_id.in_([row.id for row in claimed])
             )
-        ).tuples()
-    )
+        )
+    }
     order = {job_id: i for i, job_id in enumerate(ids)}
     jobs = [
         ClaimedJob(
@@ -308,9 +309,7 @@ def sweep(
         ]
     give_up = _ids(*expired, Job.attempts >= max_attempts)
     if give_up:
-        message = (
-            f"the worker running this job stopped {max_attempts} times before finishing it"
-        )
+        message = f"the worker running this job stopped {max_attempts} times before finishing it"
         report.failed = fail_jobs(
             session=session,
             errors={job_id: (WORKER_LOST, message) for job_id in give_up},

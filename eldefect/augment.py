@@ -31,7 +31,9 @@ def build_augmentation(config: AugmentConfig) -> v2.Compose | None:
         v2.RandomVerticalFlip(config.vflip),
     ]
     if config.rotate_degrees:
-        steps.append(v2.RandomRotation(config.rotate_degrees, interpolation=v2.InterpolationMode.BILINEAR))
+        steps.append(
+            v2.RandomRotation(config.rotate_degrees, interpolation=v2.InterpolationMode.BILINEAR)
+        )
     if config.brightness or config.contrast:
         steps.append(v2.ColorJitter(brightness=config.brightness, contrast=config.contrast))
     if config.gamma:

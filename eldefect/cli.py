@@ -5,8 +5,11 @@ Heavy imports (torch, MLflow) happen inside each command so `eldefect --help` st
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import click
 
@@ -44,3 +47,138 @@ def cli(log_level: str | None) -> None:
 
 def main() -> None:
     cli()
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.IntRange(min=32), default=256, show_default=True)
+@click.option("--classes", default=None, help="Comma-separated subset of classes to draw.")
+def synth(out: Path, n: int, seed: int, size: int, classes: str | None) -> None:
+    """Write a synthetic EL dataset in Pascal VOC layout."""
+    from eldefect.data.synth import write_synthetic_dataset
+
+    chosen = [c.strip() for c in classes.split(",")] if classes else None
+    write_synthetic_dataset(out, n=n, seed=seed, size=size, classes=chosen)
+    click.echo(f"wrote {n} images to {out}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset folder.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override optim.epochs.")
+@click.option("--register/--no-register", default=False, help="Register the model afterwards.")
+def train(
+    config_path: Path, data: Path | None, device: str, epochs: int | None, register: bool
+) -> None:
+    """Train a model from a YAML config and log it to MLflow."""
+    from eldefect.config import ConfigError, load_train_config
+    from eldefect.train import train as run_training
+
+    try:
+        config = load_train_config(config_path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if epochs:
+        config.optim.epochs = epochs
+    outcome = run_training(config, data_root=data, device=device)
+    m = outcome.metrics
+    click.echo(
+        f"run {outcome.run_id}: kept epoch {outcome.best_epoch}, "
+        f"val macro AP {m['best_val_macro_ap']:.4f}, "
+        f"val macro recall (tuned) {m['best_val_macro_recall']:.4f}, "
+        f"{m['train_minutes']:.1f} min, peak RSS {m['peak_rss_mb']:.0f} MB"
+    )
+    if register:
+        _register_and_promote(outcome.run_id, None, to_production=False)
+
+
+def _register_and_promote(run_id: str | None, version: str | None, *, to_production: bool) -> None:
+    from eldefect.registry import configure_mlflow, latest_training_run, promote, register_run
+
+    settings = get_settings()
+    configure_mlflow(settings)
+    if version is None:
+        run_id = run_id or latest_training_run(settings)
+        version = register_run(run_id, settings.model_name)
+        click.echo(f"registered run {run_id} as {settings.model_name} v{version}")
+    decision = promote(name=settings.model_name, version=version, to_production=to_production)
+    click.echo(decision.describe())
+
+
+@cli.command()
+@click.option("--run-id", default=None, help="Training run to register (default: the latest).")
+@click.option("--version", default=None, help="An already registered version instead.")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["staging", "production"]),
+    default="staging",
+    show_default=True,
+    help="staging: only when it beats production; production: move production too.",
+)
+def promote(run_id: str | None, version: str | None, target: str) -> None:
+    """Register a run's model and move registry aliases, printing the comparison."""
+    if run_id and version:
+        raise click.UsageError("give --run-id or --version, not both")
+    _register_and_promote(run_id, version, to_production=target == "production")
+
+
+def _default_model_uri() -> str:
+    settings = get_settings()
+    return f"models:/{settings.model_name}@{settings.model_alias}"
+
+
+@cli.command()
+@click.option("--model-uri", default=None, help="Default: models:/NAME@ALIAS from settings.")
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--format", "data_format", type=click.Choice(["voc", "elpv"]), default="voc", show_default=True
+)
+def evaluate(model_uri: str | None, data: Path, data_format: str) -> None:
+    """Score a model on a labelled folder (recall, precision, F1, AP per class)."""
+    from eldefect.evaluate import evaluate_model
+
+    result = evaluate_model(model_uri or _default_model_uri(), data, data_format=data_format)
+    click.echo(result.report())
+
+
+@cli.command()
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--model-uri", default=None, help="Default: models:/NAME@ALIAS from settings.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+def predict(images: tuple[Path, ...], model_uri: str | None, as_json: bool) -> None:
+    """Per-class probabilities and the defects over threshold, for each image."""
+    from eldefect.imaging import ImageDecodeError, decode_gray
+    from eldefect.predictor import load_predictor
+    from eldefect.registry import configure_mlflow
+
+    settings = get_settings()
+    configure_mlflow(settings)
+    predictor = load_predictor(model_uri or _default_model_uri(), backend="torch")
+    decoded, failed = [], []
+    for path in images:
+        try:
+            decoded.append(
+                (path, decode_gray(path.read_bytes(), max_pixels=settings.max_image_pixels))
+            )
+        except ImageDecodeError as exc:
+            failed.append(path)
+            click.echo(f"{path}: {exc.message}", err=True)
+    probs = predictor.predict([gray for _, gray in decoded])
+    for (path, _), row in zip(decoded, probs, strict=True):
+        result = predictor.result(row)
+        if as_json:
+            click.echo(json.dumps({"image": str(path), **result}))
+            continue
+        click.echo(f"{path}: defects {', '.join(result['defects']) or 'none'}")
+        for label, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {label:<24}{p:8.4f}  (threshold {result['thresholds'][label]:.3f})")
+    if failed:
+        sys.exit(1)

@@ -54,7 +54,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if img.format not in SUPPORTED_FORMATS:
         raise ImageDecodeError(
             "unsupported_media_type",
-            f"image format {img.format} is not supported; use one of {', '.join(SUPPORTED_FORMATS)}",
+            f"image format {img.format} is not supported; use one of "
+            f"{', '.join(SUPPORTED_FORMATS)}",
         )
     width, height = img.size
     if width < 1 or height < 1:
@@ -102,5 +103,7 @@ def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
         gray = _to_unit_gray(img)
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation as OSError
-        raise ImageDecodeError("corrupt_image", f"the image data cannot be decoded: {exc}") from None
+        raise ImageDecodeError(
+            "corrupt_image", f"the image data cannot be decoded: {exc}"
+        ) from None
     return np.ascontiguousarray(gray, dtype=np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torchvision.models import resnet18
@@ -27,7 +29,7 @@ class ELDefectCNN(nn.Module):
         channels = [width * 2**i for i in range(depth + 1)]
         self.features = nn.Sequential(
             _conv_block(1, channels[0]),
-            *(_conv_block(a, b) for a, b in zip(channels, channels[1:], strict=False)),
+            *(_conv_block(a, b) for a, b in itertools.pairwise(channels)),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)

@@ -27,7 +27,9 @@ def resize(gray: np.ndarray, size: int) -> torch.Tensor:
     """(H, W) float 0..1 -> (1, size, size) float32, antialiased so thin cracks survive."""
     x = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]  # (1,1,H,W)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     return x[0].clamp_(0.0, 1.0)  # (1, S, S)
 
 

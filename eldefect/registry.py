@@ -1,14 +1,13 @@
 """MLflow: experiment set-up, logging a model with its card, the registry and its aliases.
 
-A registered model carries a `ModelCard` in its MLmodel metadata: labels, input spec,
-thresholds, the reference input profile and the selection metric it was chosen by. Workers
+A registered model carries its `ModelCard` (eldefect.card) in its MLmodel metadata. Workers
 and `predict` read it back from any model URI; promotion compares the cards.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -16,7 +15,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from eldefect.preprocess import InputSpec
+from eldefect.card import ModelCard
 from eldefect.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -24,28 +23,6 @@ log = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 PROMOTION_HOOKS = "eldefect.promotion_hooks"
 STAGING, PRODUCTION = "staging", "production"
-
-
-@dataclass
-class ModelCard:
-    labels: list[str]
-    input: dict[str, float]  # InputSpec fields
-    thresholds: dict[str, float]
-    selection_metric: str
-    selection_value: float
-    profile: dict[str, Any] = field(default_factory=dict)  # features, positive_rates, n_images
-    config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return InputSpec(int(self.input["size"]), float(self.input["mean"]), float(self.input["std"]))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def configure_mlflow(settings: Settings | None = None, *, experiment: str | None = None) -> str:
@@ -61,7 +38,10 @@ def configure_mlflow(settings: Settings | None = None, *, experiment: str | None
         mlflow.set_experiment(experiment_id=existing.experiment_id)
         return str(existing.experiment_id)
     location = None
-    if settings.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.mlflow_tracking_uri:
+    if (
+        settings.mlflow_tracking_uri.startswith(("sqlite:", "file:"))
+        or "://" not in settings.mlflow_tracking_uri
+    ):
         location = (settings.ensure_var_dir() / "mlartifacts").resolve().as_uri()
     experiment_id = mlflow.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -134,7 +114,9 @@ def latest_training_run(settings: Settings | None = None) -> str:
         output_format="list",
     )
     if not runs:
-        raise MlflowException(f"no finished training run in experiment {settings.mlflow_experiment!r}")
+        raise MlflowException(
+            f"no finished training run in experiment {settings.mlflow_experiment!r}"
+        )
     return str(runs[0].info.run_id)
 
 
@@ -158,7 +140,9 @@ class PromotionDecision:
     moved: list[str]
 
     def describe(self) -> str:
-        lines = [f"candidate {self.name} v{self.version}: {self.metric} = {self.candidate_value:.4f}"]
+        lines = [
+            f"candidate {self.name} v{self.version}: {self.metric} = {self.candidate_value:.4f}"
+        ]
         if self.production_version is None:
             lines.append("no model under alias 'production' yet")
         else:
@@ -190,7 +174,8 @@ def promote(
         if prod_card.selection_metric != candidate.selection_metric:
             log.warning(
                 "production was selected by %s, the candidate by %s: values not comparable",
-                prod_card.selection_metric, candidate.selection_metric,
+                prod_card.selection_metric,
+                candidate.selection_metric,
             )
         beats = candidate.selection_value > prod_value
     moved: list[str] = []
@@ -203,8 +188,13 @@ def promote(
     for alias in moved:
         _run_promotion_hooks(name, alias, version)
     return PromotionDecision(
-        name, version, candidate.selection_metric, candidate.selection_value,
-        prod_version, prod_value, moved,
+        name,
+        version,
+        candidate.selection_metric,
+        candidate.selection_value,
+        prod_version,
+        prod_value,
+        moved,
     )
 
 
@@ -214,4 +204,6 @@ def _run_promotion_hooks(name: str, alias: str, version: str) -> None:
         try:
             ep.load()(name, alias, version)
         except Exception:  # a hook failing must not undo or hide the promotion itself
-            log.exception("promotion hook %s failed; workers will notice on their next check", ep.name)
+            log.exception(
+                "promotion hook %s failed; workers will notice on their next check", ep.name
+            )

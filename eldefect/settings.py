@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Upload limits (gateway) and decode limit (everywhere an image is opened).
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
+    max_batch_files: int = Field(64, ge=1, description="Files one POST /v1/batches may carry.")
 
     # Serving.
     auth_enabled: bool = True
@@ -67,6 +68,14 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    gateway_wait_poll_s: float = Field(
+        0.1, gt=0, description="How often the gateway's one poller checks jobs held by ?wait."
+    )
+    gateway_migrate: bool | None = Field(
+        None,
+        description="`eldefect gateway` applies migrations at start; default: only on SQLite.",
+    )
+    readyz_timeout_s: float = Field(5.0, gt=0, description="Time each /readyz check may take.")
     log_level: str = "INFO"
 
     @property
@@ -80,4 +89,4 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return Settings()  # type: ignore[call-arg]  # fields come from the environment

@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eldefect.augment import build_augmentation
+from eldefect.card import ModelCard
 from eldefect.config import TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
 from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
@@ -39,9 +39,9 @@ from eldefect.metrics import (
     tune_thresholds,
 )
 from eldefect.models import build_model
-from eldefect.registry import ModelCard, configure_mlflow, log_model
 from eldefect.settings import Settings, get_settings
 from eldefect.stats import feature_profile
+from eldefect.tracking import MlflowTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ def load_samples(
         root = root or workdir / "synthetic"
         if not (root / "JPEGImages").is_dir():
             write_synthetic_dataset(
-                root, n=data.synthetic_n, seed=data.split_seed, size=data.synthetic_size,
+                root,
+                n=data.synthetic_n,
+                seed=data.split_seed,
+                size=data.synthetic_size,
                 classes=data.synthetic_classes,
             )
     if root is None:
@@ -80,7 +83,9 @@ def load_samples(
     if data.format == "elpv":
         return read_elpv(root, labels)
     return read_voc(
-        root, labels, ignore_unknown_labels=data.ignore_unknown_labels,
+        root,
+        labels,
+        ignore_unknown_labels=data.ignore_unknown_labels,
         missing_annotation=data.missing_annotation,
     )
 
@@ -90,7 +95,9 @@ def positive_weights(targets: np.ndarray, max_pos_weight: float) -> torch.Tensor
     without the loss being dominated by a handful of images."""
     pos = targets.sum(0)
     neg = len(targets) - pos
-    return torch.tensor(np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, max_pos_weight), dtype=torch.float32)
+    return torch.tensor(
+        np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, max_pos_weight), dtype=torch.float32
+    )
 
 
 def train_one_epoch(
@@ -137,12 +144,17 @@ def evaluate(
     return EpochResult(sum(losses) / n, torch.cat(probs).numpy(), torch.cat(targets).numpy())
 
 
-def score(result: EpochResult, labels: LabelSet, config: TrainConfig) -> tuple[dict[str, float], dict[str, float]]:
+def score(
+    result: EpochResult, labels: LabelSet, config: TrainConfig
+) -> tuple[dict[str, float], dict[str, float]]:
     """Validation metrics (prefixed val_) and the thresholds tuned on this result."""
     names = list(labels.labels)
     thresholds = tune_thresholds(
-        result.probs, result.targets, names,
-        recall_floor=config.thresholds.recall_floor, default=config.thresholds.default,
+        result.probs,
+        result.targets,
+        names,
+        recall_floor=config.thresholds.recall_floor,
+        default=config.thresholds.default,
     )
     tuned = per_class_metrics(result.probs, result.targets, names, thresholds)
     at_half = per_class_metrics(result.probs, result.targets, names, dict.fromkeys(names, 0.5))
@@ -174,8 +186,10 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     workdir: Path | None = None,
+    tracker: Tracker | None = None,
 ) -> TrainOutcome:
     settings = settings or get_settings()
+    tracker = tracker or MlflowTracker(settings)
     torch.manual_seed(config.optim.seed)
     np.random.seed(config.optim.seed)
     if config.optim.threads:
@@ -186,65 +200,114 @@ def train(
 
     # Data: read, split, decode once.
     samples, report = load_samples(config, labels, data_root, workdir)
-    cache = ImageCache.build(samples, config.input.size, max_pixels=settings.max_image_pixels, progress=progress)
+    cache = ImageCache.build(
+        samples, config.input.size, max_pixels=settings.max_image_pixels, progress=progress
+    )
     targets = cache.targets.numpy()
     train_idx, val_idx = stratified_split(targets, config.data.val_fraction, config.data.split_seed)
     norm = {"mean": config.input.mean, "std": config.input.std}
     train_ds = CachedDataset(cache, train_idx, augment=build_augmentation(config.augment), **norm)
     val_ds = CachedDataset(cache, val_idx, **norm)
     generator = torch.Generator().manual_seed(config.optim.seed)
-    train_loader = DataLoader(train_ds, config.optim.batch_size, shuffle=True, drop_last=len(train_ds) > config.optim.batch_size, generator=generator)
+    train_loader = DataLoader(
+        train_ds,
+        config.optim.batch_size,
+        shuffle=True,
+        drop_last=len(train_ds) > config.optim.batch_size,
+        generator=generator,
+    )
     val_loader = DataLoader(val_ds, config.optim.batch_size * 2)
     log.info(
         "data: %s; %d train / %d val; positives train %s val %s",
-        report.summary(), len(train_idx), len(val_idx),
-        targets[train_idx].sum(0).astype(int).tolist(), targets[val_idx].sum(0).astype(int).tolist(),
+        report.summary(),
+        len(train_idx),
+        len(val_idx),
+        targets[train_idx].sum(0).astype(int).tolist(),
+        targets[val_idx].sum(0).astype(int).tolist(),
     )
 
     # Model, loss, optimiser, schedule.
     model = build_model(config.model, len(labels)).to(dev, memory_format=torch.channels_last)
     pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight).to(dev)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
     steps_per_epoch = len(train_loader)
     total_steps = config.optim.epochs * steps_per_epoch
     warmup = int(config.optim.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / max(1, warmup))
-        * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))),
+        lambda step: (
+            min(1.0, (step + 1) / max(1, warmup))
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+        ),
     )
 
     metric = config.optim.selection_metric
     best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
     best_thresholds: dict[str, float] = {}
-    configure_mlflow(settings)
     started = time.perf_counter()
-    with mlflow.start_run(run_name=config.name, tags={"eldefect_kind": "train"}) as run:
-        mlflow.log_params(_flat_params(config) | {"pos_weight": json.dumps([round(w, 3) for w in pos_weight.tolist()]), "n_train": len(train_idx), "n_val": len(val_idx)})
-        mlflow.log_dict(config.model_dump(mode="json"), "config.json")
-        mlflow.log_text(report.summary(), "dataset_report.txt")
+    with tracker.run(config.name) as run_id:
+        tracker.log_params(
+            _flat_params(config)
+            | {
+                "pos_weight": json.dumps([round(w, 3) for w in pos_weight.tolist()]),
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+            }
+        )
+        tracker.log_dict(config.model_dump(mode="json"), "config.json")
+        tracker.log_text(report.summary(), "dataset_report.txt")
 
-        epochs = tqdm(range(1, config.optim.epochs + 1), desc="train", unit="epoch", disable=not progress)
+        epochs = tqdm(
+            range(1, config.optim.epochs + 1), desc="train", unit="epoch", disable=not progress
+        )
         for epoch in epochs:
-            train_loss, throughput = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, dev, epoch=epoch, progress=progress)
+            train_loss, throughput = train_one_epoch(
+                model,
+                train_loader,
+                criterion,
+                optimizer,
+                scheduler,
+                dev,
+                epoch=epoch,
+                progress=progress,
+            )
             val = evaluate(model, val_loader, criterion, dev)
             metrics, thresholds = score(val, labels, config)
             metrics |= {"train_loss": train_loss, "train_images_per_s": throughput}
-            mlflow.log_metrics(metrics, step=epoch)
+            tracker.log_metrics(metrics, step=epoch)
             improved = metrics[metric] > best_value
             if improved:
                 best_value, best_epoch, best_thresholds = metrics[metric], epoch, thresholds
                 best_state = copy.deepcopy(model.state_dict())
-            epochs.set_postfix(loss=f"{train_loss:.4f}", **{metric: f"{metrics[metric]:.4f}"}, best=f"{best_value:.4f}@{best_epoch}")
+            epochs.set_postfix(
+                loss=f"{train_loss:.4f}",
+                **{metric: f"{metrics[metric]:.4f}"},
+                best=f"{best_value:.4f}@{best_epoch}",
+            )
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f %s %.4f (best %.4f @ %d) %.1f img/s",
-                epoch, train_loss, metrics["val_loss"], metric, metrics[metric], best_value, best_epoch, throughput,
+                epoch,
+                train_loss,
+                metrics["val_loss"],
+                metric,
+                metrics[metric],
+                best_value,
+                best_epoch,
+                throughput,
             )
             if epoch >= config.optim.min_epochs and epoch - best_epoch >= config.optim.patience:
-                log.info("early stop: no %s improvement for %d epochs", metric, config.optim.patience)
+                log.info(
+                    "early stop: no %s improvement for %d epochs", metric, config.optim.patience
+                )
                 break
-            if config.optim.max_minutes and time.perf_counter() - started > 60 * config.optim.max_minutes:
+            if (
+                config.optim.max_minutes
+                and time.perf_counter() - started > 60 * config.optim.max_minutes
+            ):
                 log.info("stopping: max_minutes=%s reached", config.optim.max_minutes)
                 break
 
@@ -255,16 +318,28 @@ def train(
         per_class = per_class_metrics(final.probs, final.targets, names, best_thresholds)
         at_half = per_class_metrics(final.probs, final.targets, names, dict.fromkeys(names, 0.5))
         final_metrics, _ = score(final, labels, config)
-        summary = {f"best_{k}": v for k, v in final_metrics.items()} | {
-            "best_epoch": best_epoch,
-            "train_minutes": (time.perf_counter() - started) / 60,
-        } | peak_memory_mb(dev)
+        summary = (
+            {f"best_{k}": v for k, v in final_metrics.items()}
+            | {
+                "best_epoch": best_epoch,
+                "train_minutes": (time.perf_counter() - started) / 60,
+            }
+            | peak_memory_mb(dev)
+        )
         for name, m in per_class.items():
-            summary |= {f"best_val_ap_{name}": m.ap, f"best_val_recall_{name}": m.recall, f"best_val_precision_{name}": m.precision}
-        mlflow.log_metrics(summary)
-        table = format_table(per_class, "validation, tuned thresholds") + "\n\n" + format_table(at_half, "validation, threshold 0.5")
-        mlflow.log_text(table, "val_metrics.txt")
-        mlflow.log_dict(best_thresholds, "thresholds.json")
+            summary |= {
+                f"best_val_ap_{name}": m.ap,
+                f"best_val_recall_{name}": m.recall,
+                f"best_val_precision_{name}": m.precision,
+            }
+        tracker.log_metrics(summary)
+        table = (
+            format_table(per_class, "validation, tuned thresholds")
+            + "\n\n"
+            + format_table(at_half, "validation, threshold 0.5")
+        )
+        tracker.log_text(table, "val_metrics.txt")
+        tracker.log_dict(best_thresholds, "thresholds.json")
 
         train_stats = [cache.stats[i] for i in train_idx]
         profile = {
@@ -272,8 +347,8 @@ def train(
             "positive_rates": dict(zip(names, targets[train_idx].mean(0).tolist(), strict=True)),
             "n_images": len(train_idx),
         }
-        mlflow.log_dict(profile, "reference_profile.json")
-        mlflow.log_dict({"labels": names}, "labels.json")
+        tracker.log_dict(profile, "reference_profile.json")
+        tracker.log_dict({"labels": names}, "labels.json")
         card = ModelCard(
             labels=names,
             input={"size": config.input.size, "mean": config.input.mean, "std": config.input.std},
@@ -283,9 +358,9 @@ def train(
             profile=profile,
             config=config.model_dump(mode="json"),
         )
-        model_uri = log_model(model.to("cpu", memory_format=torch.contiguous_format), card)
+        model_uri = tracker.log_model(model.to("cpu", memory_format=torch.contiguous_format), card)
     log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
-    return TrainOutcome(run.info.run_id, model_uri, card, summary, per_class, best_epoch)
+    return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch)
 
 
 def _flat_params(config: TrainConfig) -> dict[str, str]:
@@ -296,4 +371,3 @@ def _flat_params(config: TrainConfig) -> dict[str, str]:
         else:
             out[section] = str(values)
     return out
-

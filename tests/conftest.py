@@ -82,7 +82,7 @@ def real_data() -> Path:
 
 
 @pytest.fixture
-def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point every setting at a temporary var/ folder (embedded defaults) for one test."""
     from eldefect.settings import get_settings
 

@@ -8,6 +8,7 @@ and a lost or duplicated message costs latency, never a job.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -42,9 +43,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     from eldefect.broker import broker_options
     from workers.schedule import beat_schedule
 
+    broker = broker_options(settings)
+    transport = broker.get("broker_transport_options")
+    if settings.uses_embedded_broker and isinstance(transport, dict):
+        # kombu keeps the filesystem transport's exchange tables (the fanout bindings that
+        # carry remote-control broadcasts) in `control_folder`, relative to the current
+        # directory unless set: keep them under var/ with the queue.
+        queue_folder = Path(transport["data_folder_in"])
+        transport.setdefault("control_folder", str(queue_folder.parent / "control"))
     return {
-        "broker_url": settings.broker_url,
-        **broker_options(settings),
+        **broker,
         "broker_connection_retry_on_startup": True,
         # Job state lives in the database; nobody reads task results.
         "result_backend": None,

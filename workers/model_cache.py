@@ -156,10 +156,12 @@ def _registry_cache(settings: Settings) -> ModelCache:
         return resolve_alias(name, alias, settings.mlflow_tracking_uri)
 
     def load(version: str) -> ServingModel:
-        from eldefect.predictor import load_predictor
-        from eldefect.registry import configure_mlflow, model_uri
+        import mlflow
 
-        configure_mlflow(settings)
+        from eldefect.predictor import load_predictor
+        from eldefect.registry import model_uri
+
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         return load_predictor(
             model_uri(name, version),
             device=settings.inference_device,

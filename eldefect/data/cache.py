@@ -60,7 +60,9 @@ class ImageCache:
         if near_black:
             log.warning(
                 "%d images are almost fully black (p90 < %.2f), kept with their labels: %s",
-                len(near_black), NEAR_BLACK_P90, near_black[:5],
+                len(near_black),
+                NEAR_BLACK_P90,
+                near_black[:5],
             )
         return cls(torch.stack(images), torch.stack(targets), stats, paths, unreadable, near_black)
 
@@ -71,8 +73,15 @@ class ImageCache:
 class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """A view of some cache rows, with optional augmentation, normalised for the model."""
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, *, mean: float, std: float,
-                 augment: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: np.ndarray,
+        *,
+        mean: float,
+        std: float,
+        augment: torch.nn.Module | None = None,
+    ) -> None:
         self.cache, self.indices, self.augment = cache, indices, augment
         self.mean, self.std = mean, std
 

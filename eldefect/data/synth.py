@@ -43,7 +43,7 @@ def _crack(rng: Rng, size: int, cell: tuple[int, int, int, int]) -> tuple[Image.
         step = size * rng.uniform(0.04, 0.08)
         x, y = x + step * np.cos(heading), y + step * np.sin(heading)
         points.append((x, y))
-    draw.line(points, fill=255, width=max(1, size // 110))
+    draw.line(points, fill=255, width=max(2, size // 100))
     return mask, 0.75
 
 
@@ -55,19 +55,19 @@ def _star_crack(rng: Rng, size: int, cell: tuple[int, int, int, int]) -> tuple[I
         draw.line(
             [(cx, cy), (cx + length * np.cos(angle), cy + length * np.sin(angle))],
             fill=255,
-            width=max(1, size // 110),
+            width=max(2, size // 100),
         )
     return mask, 0.75
 
 
 def _scratch(rng: Rng, size: int, cell: tuple[int, int, int, int]) -> tuple[Image.Image, float]:
     mask, draw = _canvas(size)
-    x0, y0, x1, y1 = cell
+    x0, _y0, x1, _y1 = cell
     angle = rng.uniform(0.3, 1.2) * rng.choice([-1, 1])
     cx, cy = _point(rng, cell, pad=0.35)
     half = (x1 - x0) * 0.45
     dx, dy = half * np.cos(angle), half * np.sin(angle)
-    draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=max(1, size // 128))
+    draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255, width=max(2, size // 120))
     return mask, 0.45
 
 
@@ -104,7 +104,9 @@ def _thick_line(rng: Rng, size: int, cell: tuple[int, int, int, int]) -> tuple[I
 
 
 def _band(vertical: bool) -> Drawer:
-    def draw_band(rng: Rng, size: int, cell: tuple[int, int, int, int]) -> tuple[Image.Image, float]:
+    def draw_band(
+        rng: Rng, size: int, cell: tuple[int, int, int, int]
+    ) -> tuple[Image.Image, float]:
         mask, draw = _canvas(size)
         x0, y0, x1, y1 = cell
         width = size * rng.uniform(0.08, 0.14)
@@ -203,7 +205,9 @@ def render_cell(rng: Rng, size: int, defects: Sequence[str]) -> tuple[np.ndarray
         img *= 1 - strength * mask
         ys, xs = np.nonzero(mask > 0.1)
         if xs.size:
-            boxes.append(VocObject(name, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))))
+            boxes.append(
+                VocObject(name, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
+            )
 
     outside = np.ones((size, size), bool)
     outside[cell[1] : cell[3] + 1, cell[0] : cell[2] + 1] = False

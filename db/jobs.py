@@ -1,0 +1,299 @@
+"""Gateway-side data access: stations and their tokens, accepting jobs and batches, reading them.
+
+Keyword-only arguments; the caller owns the session. Functions that accept work (`submit_job`,
+`create_batch`) commit, because "the job row and its image are durable" is what a 202 means;
+the others only flush. db imports nothing of ours: image metadata comes in as anything with
+`format`, `width` and `height` (eldefect.imaging.ImageInfo fits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Batch, Job, JobImage, JobStatus, Station, StationToken, utcnow
+
+TOKEN_BYTES = 32
+FINISHED = (JobStatus.succeeded, JobStatus.failed)
+
+
+class ImageMeta(Protocol):
+    """What the database keeps about an upload besides its bytes."""
+
+    @property
+    def format(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """One validated upload, ready to become a job."""
+
+    data: bytes
+    meta: ImageMeta
+    filename: str | None = None
+    module_id: str | None = None
+    cell_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as `eldefect token list` shows it: never the token, only a hash prefix."""
+
+    station: str
+    hash_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+# --- stations and tokens -------------------------------------------------------------------
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex digest: tokens are random 256-bit strings, so no salt or slow hash needed."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def get_station_by_name(*, session: Session, name: str) -> Station | None:
+    return session.scalars(select(Station).where(Station.name == name)).one_or_none()
+
+
+def create_station(*, session: Session, name: str) -> Station:
+    """Add a station; the name must be new (it is unique)."""
+    station = Station(name=name)
+    session.add(station)
+    session.flush()
+    return station
+
+
+def get_or_create_station(*, session: Session, name: str) -> Station:
+    """The station called `name`, created (and committed) when missing; safe under races."""
+    station = get_station_by_name(session=session, name=name)
+    if station is not None:
+        return station
+    try:
+        with session.begin_nested():
+            station = create_station(session=session, name=name)
+    except IntegrityError:  # another process created it in between
+        station = get_station_by_name(session=session, name=name)
+        if station is None:
+            raise
+    session.commit()
+    return station
+
+
+def create_token(*, session: Session, station_id: str) -> str:
+    """Issue a bearer token for a station; returns the plaintext, which is stored only hashed."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    session.add(StationToken(token_hash=hash_token(token), station_id=station_id))
+    session.flush()
+    return token
+
+
+def station_for_token(*, session: Session, token: str) -> Station | None:
+    """The station a (not revoked) token belongs to, or None."""
+    query = (
+        select(Station)
+        .join(StationToken, StationToken.station_id == Station.id)
+        .where(StationToken.token_hash == hash_token(token), StationToken.revoked_at.is_(None))
+    )
+    return session.scalars(query).one_or_none()
+
+
+def list_tokens(*, session: Session) -> list[TokenInfo]:
+    rows = session.execute(
+        select(
+            Station.name, StationToken.token_hash, StationToken.created_at, StationToken.revoked_at
+        )
+        .join(StationToken, StationToken.station_id == Station.id)
+        .order_by(Station.name, StationToken.created_at)
+    ).all()
+    return [
+        TokenInfo(station=name, hash_prefix=digest[:12], created_at=created, revoked_at=revoked)
+        for name, digest, created, revoked in rows
+    ]
+
+
+def revoke_tokens(*, session: Session, station_id: str) -> int:
+    """Revoke every live token of a station; returns how many."""
+    tokens = session.scalars(
+        select(StationToken).where(
+            StationToken.station_id == station_id, StationToken.revoked_at.is_(None)
+        )
+    ).all()
+    now = utcnow()
+    for token in tokens:
+        token.revoked_at = now
+    session.flush()
+    return len(tokens)
+
+
+# --- accepting work ------------------------------------------------------------------------
+
+
+def create_job(
+    *,
+    session: Session,
+    station_id: str,
+    image: bytes,
+    info: ImageMeta,
+    module_id: str | None = None,
+    cell_id: str | None = None,
+    filename: str | None = None,
+    idempotency_key: str | None = None,
+    batch_id: str | None = None,
+    batch_position: int | None = None,
+) -> Job:
+    """Add a queued job and its image (one unit: both or neither once the caller commits)."""
+    now = utcnow()
+    job = Job(
+        station_id=station_id,
+        batch_id=batch_id,
+        batch_position=batch_position,
+        status=JobStatus.queued,
+        module_id=module_id,
+        cell_id=cell_id,
+        filename=filename,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        enqueued_at=now,
+    )
+    job.image = JobImage(data=image, format=info.format, width=info.width, height=info.height)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def find_job_by_idempotency(*, session: Session, station_id: str, key: str) -> Job | None:
+    query = (
+        select(Job)
+        .where(Job.station_id == station_id, Job.idempotency_key == key)
+        .options(selectinload(Job.result))
+    )
+    return session.scalars(query).one_or_none()
+
+
+def submit_job(
+    *,
+    session: Session,
+    station_id: str,
+    upload: NewImage,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Accept one upload and commit; returns (job, created).
+
+    With an idempotency key already used by this station, the first job comes back with
+    created=False and nothing is written. Two requests racing with the same key meet at the
+    unique constraint; the loser returns the winner's job.
+    """
+    if idempotency_key is not None:
+        existing = find_job_by_idempotency(
+            session=session, station_id=station_id, key=idempotency_key
+        )
+        if existing is not None:
+            return existing, False
+    try:
+        job = create_job(
+            session=session,
+            station_id=station_id,
+            image=upload.data,
+            info=upload.meta,
+            module_id=upload.module_id,
+            cell_id=upload.cell_id,
+            filename=upload.filename,
+            idempotency_key=idempotency_key,
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = find_job_by_idempotency(
+            session=session, station_id=station_id, key=idempotency_key
+        )
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def create_batch(
+    *, session: Session, station_id: str, uploads: Sequence[NewImage]
+) -> tuple[Batch, list[Job]]:
+    """Accept several uploads as one batch, all in one transaction, and commit."""
+    batch = Batch(station_id=station_id, created_at=utcnow())
+    session.add(batch)
+    session.flush()
+    jobs = [
+        create_job(
+            session=session,
+            station_id=station_id,
+            image=upload.data,
+            info=upload.meta,
+            module_id=upload.module_id,
+            cell_id=upload.cell_id,
+            filename=upload.filename,
+            batch_id=batch.id,
+            batch_position=position,
+        )
+        for position, upload in enumerate(uploads)
+    ]
+    session.commit()
+    return batch, jobs
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def get_job_for_station(*, session: Session, job_id: str, station_id: str) -> Job | None:
+    """The job with its result, or None when it does not exist or belongs to another station."""
+    query = (
+        select(Job)
+        .where(Job.id == job_id, Job.station_id == station_id)
+        .options(selectinload(Job.result))
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(query).one_or_none()
+
+
+def get_batch_for_station(*, session: Session, batch_id: str, station_id: str) -> Batch | None:
+    query = select(Batch).where(Batch.id == batch_id, Batch.station_id == station_id)
+    return session.scalars(query).one_or_none()
+
+
+def get_batch_jobs(*, session: Session, batch_id: str) -> list[Job]:
+    """The batch's jobs in upload order, with their results."""
+    query = (
+        select(Job)
+        .where(Job.batch_id == batch_id)
+        .order_by(Job.batch_position, Job.created_at, Job.id)
+        .options(selectinload(Job.result))
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(query))
+
+
+def finished_job_ids(*, session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of these jobs have ended (succeeded or failed); one query for all of them."""
+    if not job_ids:
+        return set()
+    query = select(Job.id).where(Job.id.in_(list(job_ids)), Job.status.in_(FINISHED))
+    return set(session.scalars(query))
+
+
+def count_jobs(*, session: Session, station_id: str | None = None) -> int:
+    query = select(func.count()).select_from(Job)
+    if station_id is not None:
+        query = query.where(Job.station_id == station_id)
+    return int(session.scalar(query) or 0)

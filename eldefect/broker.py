@@ -1,0 +1,50 @@
+"""Broker settings shared by everything that talks to the broker (gateway, workers, beat).
+
+Plain dicts, no Celery import: the gateway builds a light client from them, the workers
+spread them into their Celery config. The task name lives here too, so the gateway sends by
+name without importing the workers' code (DESIGN.md: imports point one way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eldefect.settings import Settings
+
+INFER_TASK = "eldefect.infer"
+
+
+def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:
+    """(queue folder, processed folder) of the embedded filesystem transport under var/."""
+    root = settings.var_dir / "broker"
+    return root / "queue", root / "processed"
+
+
+def embedded_broker_control_folder(settings: Settings) -> Path:
+    """Where kombu keeps exchange tables (bindings); it defaults to ./control otherwise."""
+    return settings.var_dir / "broker" / "control"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Celery configuration keys for `settings.broker_url` (spread into a Celery config).
+
+    For the embedded broker (kombu's filesystem transport) this also creates its folders,
+    because the transport fails on a missing one; every process calls it before connecting.
+    """
+    options: dict[str, Any] = {"broker_url": settings.broker_url}
+    if settings.uses_embedded_broker:
+        queue, processed = embedded_broker_folders(settings)
+        control = embedded_broker_control_folder(settings)
+        for folder in (queue, processed, control):
+            folder.mkdir(parents=True, exist_ok=True)
+        options["broker_transport_options"] = {
+            # One folder for both directions: every process reads and writes the same queue.
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "processed_folder": str(processed),
+            "store_processed": False,
+            "polling_interval": settings.broker_poll_interval_s,
+            "control_folder": str(control),
+        }
+    return options

@@ -1,0 +1,37 @@
+"""The model card: what a registered model carries besides its weights.
+
+Labels, input spec (size, normalisation), per-class thresholds tuned on validation data, the
+selection metric it was chosen by, the reference input profile drift is measured against, and
+the full training config (so the model can be rebuilt). Stored in the MLmodel metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from eldefect.preprocess import InputSpec
+
+
+@dataclass
+class ModelCard:
+    labels: list[str]
+    input: dict[str, float]  # InputSpec fields
+    thresholds: dict[str, float]
+    selection_metric: str
+    selection_value: float
+    profile: dict[str, Any] = field(default_factory=dict)  # features, positive_rates, n_images
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            int(self.input["size"]), float(self.input["mean"]), float(self.input["std"])
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})

@@ -1,0 +1,92 @@
+"""`eldefect evaluate`: score a registered model on a labelled folder, log the scores to MLflow."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from eldefect.data.readers import read_elpv, read_voc
+from eldefect.imaging import decode_gray
+from eldefect.labels import LabelSet
+from eldefect.metrics import ClassMetrics, format_table, macro, per_class_metrics
+from eldefect.predictor import Predictor, load_predictor
+from eldefect.registry import configure_mlflow
+from eldefect.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    tuned: dict[str, ClassMetrics]
+    at_half: dict[str, ClassMetrics]
+    n_images: int
+
+    def metrics(self) -> dict[str, float]:
+        out = {"n_images": float(self.n_images)}
+        for prefix, table in (("", self.tuned), ("at_0.5_", self.at_half)):
+            for field in ("ap", "recall", "precision", "f1"):
+                out[f"{prefix}macro_{field}"] = macro(table, field)
+            for name, m in table.items():
+                out |= {
+                    f"{prefix}recall_{name}": m.recall,
+                    f"{prefix}precision_{name}": m.precision,
+                }
+        out |= {f"ap_{name}": m.ap for name, m in self.tuned.items()}
+        return out
+
+    def report(self) -> str:
+        return (
+            format_table(self.tuned, f"{self.n_images} images, tuned thresholds")
+            + "\n\n"
+            + format_table(self.at_half, "threshold 0.5")
+        )
+
+
+def predict_folder(
+    predictor: Predictor, paths: list[Path], *, max_pixels: int, batch: int = 32
+) -> np.ndarray:
+    probs = [
+        predictor.predict(
+            [decode_gray(p.read_bytes(), max_pixels=max_pixels) for p in paths[i : i + batch]]
+        )
+        for i in range(0, len(paths), batch)
+    ]
+    return np.concatenate(probs) if probs else np.zeros((0, len(predictor.labels)))
+
+
+def evaluate_model(
+    model_uri: str,
+    data: Path,
+    *,
+    data_format: str = "voc",
+    settings: Settings | None = None,
+    log_to_mlflow: bool = True,
+) -> Evaluation:
+    settings = settings or get_settings()
+    configure_mlflow(settings)
+    predictor = load_predictor(model_uri, backend="torch")
+    labels = LabelSet("model", tuple(predictor.labels))
+    if data_format == "elpv":
+        samples, _ = read_elpv(data, labels)
+    else:
+        samples, _ = read_voc(data, labels, ignore_unknown_labels=True)
+    probs = predict_folder(
+        predictor, [s.path for s in samples], max_pixels=settings.max_image_pixels
+    )
+    targets = np.stack([s.target for s in samples])
+    result = Evaluation(
+        per_class_metrics(probs, targets, predictor.labels, predictor.thresholds),
+        per_class_metrics(probs, targets, predictor.labels, dict.fromkeys(predictor.labels, 0.5)),
+        len(samples),
+    )
+    if log_to_mlflow:
+        with mlflow.start_run(run_name="evaluate", tags={"eldefect_kind": "evaluate"}):
+            mlflow.log_params({"model_uri": model_uri, "data": str(data), "format": data_format})
+            mlflow.log_metrics(result.metrics())
+            mlflow.log_text(result.report(), "metrics.txt")
+    return result

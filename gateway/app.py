@@ -1,0 +1,97 @@
+"""The FastAPI app: `create_app(settings)` for tests and servers; `app` for uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from db.session import get_sessionmaker
+from eldefect.settings import Settings, get_settings
+from gateway.enqueue import Enqueuer
+from gateway.errors import ContentLengthLimit, install_error_handlers
+from gateway.metrics import MetricsMiddleware
+from gateway.routes import batches, health, jobs
+from gateway.waiting import JobWatcher
+
+# Multipart framing and text fields on top of the files themselves.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+DESCRIPTION = """Submit electroluminescence images of solar cells, get defect predictions.
+
+Every error answers `{"error": {"code": "<snake_case>", "message": "..."}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    enqueuer = Enqueuer(settings)
+    watcher = JobWatcher(
+        lambda: get_sessionmaker(settings.database_url)(), interval_s=settings.gateway_wait_poll_s
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await watcher.stop()
+        enqueuer.close()
+
+    app = FastAPI(
+        title="eldefect gateway",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.enqueuer = enqueuer
+    app.state.watcher = watcher
+    limits = {
+        "/v1/jobs": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        "/v1/batches": settings.max_upload_bytes * settings.max_batch_files + FORM_OVERHEAD_BYTES,
+    }
+    install_error_handlers(app)
+    app.add_middleware(ContentLengthLimit, limits=limits)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts the refusals above as well
+    app.include_router(health.router)
+    # Streamed bodies (no Content-Length) are cut off at the same limits while being read.
+    app.include_router(jobs.router, max_body_size=limits["/v1/jobs"])
+    app.include_router(batches.router, max_body_size=limits["/v1/batches"])
+    install_openapi(app)
+    return app
+
+
+def install_openapi(app: FastAPI) -> None:
+    """OpenAPI that tells the truth about errors.
+
+    FastAPI documents its 422 with HTTPValidationError, but our handler answers ErrorBody;
+    and every operation may answer a 500 (ErrorBody too). The routes register ErrorBody.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        error = {"$ref": "#/components/schemas/ErrorBody"}
+        content = {"application/json": {"schema": error}}
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:  # FastAPI's default points at HTTPValidationError
+                    responses["422"]["content"] = content
+                responses.setdefault(
+                    "500", {"description": "Unexpected server error.", "content": content}
+                )
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+app = create_app()

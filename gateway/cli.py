@@ -1,0 +1,119 @@
+"""Serving commands plugged into `eldefect` by entry point: gateway, token, db."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy.engine import make_url
+
+from db import jobs as crud
+from db.migrate import current as migration_current
+from db.migrate import head as migration_head
+from db.migrate import upgrade as migration_upgrade
+from db.session import session_scope
+from eldefect.settings import Settings, get_settings
+
+
+def _should_migrate(settings: Settings, flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    if settings.gateway_migrate is not None:
+        return settings.gateway_migrate
+    # The embedded SQLite default is a developer's database: bring it up to date at start.
+    # Shared databases (PostgreSQL) are migrated on purpose, by `eldefect db upgrade`.
+    return make_url(settings.database_url).get_backend_name() == "sqlite"
+
+
+@click.command()
+@click.option("--host", default=None, help="Interface to bind (default: settings.gateway_host).")
+@click.option("--port", type=int, default=None, help="Port (default: settings.gateway_port).")
+@click.option(
+    "--migrate/--no-migrate",
+    default=None,
+    help="Apply database migrations first (default: only for SQLite).",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+def gateway(host: str | None, port: int | None, migrate: bool | None, workers: int) -> None:
+    """Run the HTTP gateway (uvicorn)."""
+    import uvicorn
+
+    settings = get_settings()
+    settings.ensure_var_dir()
+    if _should_migrate(settings, migrate):
+        migration_upgrade(settings.database_url)
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=host or settings.gateway_host,
+        port=port or settings.gateway_port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@click.group()
+def token() -> None:
+    """Station tokens (Bearer auth for the HTTP API)."""
+
+
+@token.command("create")
+@click.option("--station", required=True, help="Station name; created when it does not exist.")
+def token_create(station: str) -> None:
+    """Issue a new token for a station and print it (it is shown only this once)."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        row = crud.get_or_create_station(session=session, name=station)
+        plaintext = crud.create_token(session=session, station_id=row.id)
+    click.echo(plaintext)
+
+
+@token.command("list")
+def token_list() -> None:
+    """List tokens by station (hash prefix only; tokens are not stored)."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        tokens = crud.list_tokens(session=session)
+    if not tokens:
+        click.echo("no tokens; create one with `eldefect token create --station NAME`")
+        return
+    click.echo(f"{'station':<24} {'sha256 prefix':<14} {'created (UTC)':<20} state")
+    for info in tokens:
+        state = "revoked" if info.revoked_at else "active"
+        created = info.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{info.station:<24} {info.hash_prefix:<14} {created:<20} {state}")
+
+
+@token.command("revoke")
+@click.option("--station", required=True, help="Station whose tokens are revoked.")
+def token_revoke(station: str) -> None:
+    """Revoke every active token of a station."""
+    settings = get_settings()
+    with session_scope(settings.database_url) as session:
+        row = crud.get_station_by_name(session=session, name=station)
+        if row is None:
+            raise click.ClickException(f"no station named {station!r}")
+        count = crud.revoke_tokens(session=session, station_id=row.id)
+    click.echo(f"revoked {count} token(s) of {station}")
+
+
+@click.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    settings = get_settings()
+    settings.ensure_var_dir()
+    migration_upgrade(settings.database_url, revision)
+    click.echo(f"database at revision {migration_current(settings.database_url)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's revision and the newest one shipped."""
+    settings = get_settings()
+    click.echo(
+        f"current: {migration_current(settings.database_url) or 'empty'}; head: {migration_head()}"
+    )

@@ -1,0 +1,87 @@
+"""Sending inference tasks BY NAME through a light Celery client (no workers import).
+
+The database is the truth: a job is committed before its message is sent, and when the broker
+is unreachable the job simply stays queued; the workers' periodic sweep re-sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from celery import Celery
+
+from eldefect.broker import INFER_TASK, broker_options
+from eldefect.settings import Settings
+from gateway.metrics import ENQUEUE_FAILURES
+
+log = logging.getLogger(__name__)
+
+
+def create_celery_client(settings: Settings) -> Celery:
+    """A Celery app used only to publish: no tasks, no result backend."""
+    client = Celery("eldefect-gateway", set_as_current=False)
+    client.conf.update(
+        broker_options(settings),
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_create_missing_queues=True,
+        # Fail fast when the broker is down: the request must not hang, the sweep re-sends.
+        broker_connection_timeout=2.0,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+    )
+    return client
+
+
+class Enqueuer:
+    """Publishes `eldefect.infer(job_id)` to the inference queue; one per app, thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Celery | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Celery:
+        with self._lock:
+            if self._client is None:
+                self._client = create_celery_client(self.settings)
+            return self._client
+
+    def send(self, job_ids: Sequence[str]) -> list[str]:
+        """Send one message per job; returns the ids that could not be sent (logged, counted)."""
+        failed: list[str] = []
+        for i, job_id in enumerate(job_ids):
+            try:
+                self.client.send_task(
+                    INFER_TASK, args=[job_id], queue=self.settings.inference_queue
+                )
+            except Exception as exc:  # any broker failure: the jobs stay queued in the DB
+                # The broker is down: do not wait out the retries once per remaining job.
+                failed = list(job_ids[i:])
+                log.warning(
+                    "could not enqueue %d job(s) from %s on (%s: %s); they stay queued and "
+                    "the sweep re-sends them",
+                    len(failed),
+                    job_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                break
+        if failed:
+            ENQUEUE_FAILURES.inc(len(failed))
+        return failed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

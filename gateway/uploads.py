@@ -1,0 +1,74 @@
+"""Upload validation: every check runs before a job exists, so a refused file makes no job.
+
+The bytes decide, never the declared content type: the header is sniffed by
+`eldefect.imaging.inspect_image` (format, pixel count) and the pixels are fully decoded by
+`decode_gray`, the same decoder the worker uses, so a truncated file is refused here.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from db.jobs import NewImage
+from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
+from gateway.errors import ApiError
+
+# ImageDecodeError.code -> HTTP status.
+_STATUS = {
+    "empty_file": 400,
+    "unsupported_media_type": 415,
+    "too_many_pixels": 413,
+    "invalid_image": 422,
+    "corrupt_image": 422,
+}
+
+
+class UploadRefused(ApiError):
+    """A file was refused; `code` says why (the same codes the metrics count)."""
+
+
+REFUSAL_CODES = (*_STATUS, "file_too_large", "too_many_files")
+
+
+def _named(label: str | None, message: str) -> str:
+    return f"{label}: {message}" if label else message
+
+
+def label_for(filename: str | None, index: int | None = None) -> str | None:
+    """How messages name a file: `'cell.png'`, or `files[2] 'cell.png'` within a batch."""
+    parts = [f"files[{index}]"] if index is not None else []
+    if filename:
+        parts.append(repr(filename))
+    return " ".join(parts) or None
+
+
+def read_limited(stream: BinaryIO, *, max_bytes: int, label: str | None = None) -> bytes:
+    """Read the upload, at most `max_bytes` + 1 bytes: one byte more means it is too large."""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UploadRefused(
+            413, "file_too_large", _named(label, f"the file is larger than {max_bytes} bytes")
+        )
+    return data
+
+
+def validate_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    label: str | None = None,
+    filename: str | None = None,
+    module_id: str | None = None,
+    cell_id: str | None = None,
+) -> NewImage:
+    """Check the bytes are one intact, supported image within the pixel limit."""
+    try:
+        info = inspect_image(data, max_pixels=max_pixels)
+        decode_gray(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        status = _STATUS.get(exc.code, 422)
+        raise UploadRefused(status, exc.code, _named(label, exc.message)) from None
+    except (OSError, SyntaxError, ValueError, IndexError) as exc:  # a decoder plugin gave up
+        message = f"the image data cannot be decoded: {exc}"
+        raise UploadRefused(422, "corrupt_image", _named(label, message)) from None
+    return NewImage(data=data, meta=info, filename=filename, module_id=module_id, cell_id=cell_id)

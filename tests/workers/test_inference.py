@@ -1,0 +1,150 @@
+"""process_batch and run_sweep with a stand-in model: batching, bad images, idempotency."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from db import lifecycle
+from db.models import InputStats, Job, JobStatus, Result
+from db.session import session_scope
+from eldefect.settings import Settings
+from tests.workers.factories import make_job, make_station, png_bytes
+from workers.inference import process_batch, run_sweep
+
+LABELS = ["crack", "finger"]
+
+
+class FakeModel:
+    """Counts forward passes; probability of `crack` is the image's mean intensity."""
+
+    def __init__(self, version: str = "1", fail_on_size: int | None = None) -> None:
+        self.name, self.version = "el_defect_classifier", version
+        self.calls: list[int] = []
+        self.fail_on_size = fail_on_size
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(images))
+        if self.fail_on_size is not None and any(im.shape[0] == self.fail_on_size for im in images):
+            raise RuntimeError("shape the model cannot take")
+        return np.array([[float(im.mean()), 0.1] for im in images], dtype=np.float32)
+
+    def result(self, probs_row: np.ndarray) -> dict[str, Any]:
+        probs = dict(zip(LABELS, map(float, probs_row), strict=True))
+        return {
+            "probabilities": probs,
+            "defects": [k for k, p in probs.items() if p >= 0.5],
+            "thresholds": dict.fromkeys(LABELS, 0.5),
+        }
+
+
+def settings_for(url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"database_url": url, "batch_size": 8, "batch_wait_ms": 0}
+    return Settings(**{**values, **overrides})
+
+
+def queued_jobs(url: str, images: list[bytes]) -> list[str]:
+    with session_scope(url) as session:
+        station = make_station(session)
+        return [make_job(session, station=station, data=data).id for data in images]
+
+
+def test_one_forward_pass_per_batch_and_bad_image_fails_at_once(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(i) for i in range(5)] + [png_bytes(9)[:60], b"not an image"])
+    model = FakeModel()
+    report = process_batch(settings=settings_for(db_url), model_source=lambda: model, prefer=ids[2])
+    assert model.calls == [5], "the five good images go through one forward pass"
+    assert sorted(report.succeeded) == sorted(ids[:5])
+    assert sorted(report.failed) == sorted(ids[5:])
+    with session_scope(db_url) as session:
+        jobs = {j.id: j for j in session.scalars(select(Job))}
+        assert all(jobs[i].status == JobStatus.succeeded for i in ids[:5])
+        assert jobs[ids[5]].status == JobStatus.failed and jobs[ids[5]].error_code == "corrupt_image"
+        assert jobs[ids[6]].error_code == "unsupported_media_type"
+        assert jobs[ids[6]].error_message
+        result = session.get(Result, ids[0])
+        assert result is not None and result.model_version == "1"
+        assert result.model_name == "el_defect_classifier" and result.queue_wait_ms >= 0
+        assert session.scalar(select(func.count()).select_from(InputStats)) == 5
+
+
+def test_batch_is_capped_at_batch_size(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(i) for i in range(11)])
+    model = FakeModel()
+    settings = settings_for(db_url)
+    first = process_batch(settings=settings, model_source=lambda: model, prefer=ids[10])
+    assert ids[10] in first.claimed and len(first.claimed) == 8
+    second = process_batch(settings=settings, model_source=lambda: model, prefer=ids[0])
+    assert len(second.claimed) == 3 and model.calls == [8, 3]
+
+
+def test_batch_waits_for_more_jobs_within_batch_wait(db_url: str) -> None:
+    first = queued_jobs(db_url, [png_bytes(0)])
+    late: list[str] = []
+
+    def submit_later() -> None:
+        time.sleep(0.1)
+        late.extend(queued_jobs(db_url, [png_bytes(1), png_bytes(2)]))
+
+    thread = threading.Thread(target=submit_later)
+    thread.start()
+    model = FakeModel()
+    report = process_batch(
+        settings=settings_for(db_url, batch_wait_ms=1500, batch_size=3),
+        model_source=lambda: model,
+        prefer=first[0],
+    )
+    thread.join()
+    assert model.calls == [3] and sorted(report.succeeded) == sorted(first + late)
+
+
+def test_redelivered_message_for_a_finished_job_is_a_no_op(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(0)])
+    model = FakeModel()
+    settings = settings_for(db_url)
+    process_batch(settings=settings, model_source=lambda: model, prefer=ids[0])
+    again = process_batch(settings=settings, model_source=lambda: model, prefer=ids[0])
+    assert again.claimed == [] and model.calls == [1]
+    with session_scope(db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 1
+
+
+def test_an_image_that_breaks_the_model_fails_alone(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1, size=40), png_bytes(2)])
+    model = FakeModel(fail_on_size=40)
+    report = process_batch(settings=settings_for(db_url), model_source=lambda: model)
+    assert report.failed == [ids[1]] and sorted(report.succeeded) == sorted([ids[0], ids[2]])
+    with session_scope(db_url) as session:
+        job = session.get(Job, ids[1])
+        assert job is not None and job.error_code == "inference_error"
+
+
+def test_a_database_error_hands_the_batch_back(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+
+    def broken(**_: Any) -> list[str]:
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(lifecycle, "record_results", broken)
+    with pytest.raises(OperationalError):
+        process_batch(settings=settings_for(db_url), model_source=FakeModel)
+    with session_scope(db_url) as session:
+        assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
+    monkeypatch.undo()
+    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
+    assert sorted(report.succeeded) == sorted(ids)
+
+
+def test_run_sweep_sends_a_message_per_requeued_job(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+    sent: list[str] = []
+    report = run_sweep(settings=settings_for(db_url, requeue_after_s=0.001), send=sent.append)
+    assert sorted(sent) == sorted(ids) == sorted(report.requeued_stale)

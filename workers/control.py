@@ -1,0 +1,31 @@
+"""The worker's remote-control command for promotion events (see workers/hooks.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.control import control_command
+
+from eldefect.settings import get_settings
+from workers.model_cache import get_model_cache
+
+log = logging.getLogger(__name__)
+
+REFRESH_COMMAND = "eldefect_refresh_model"
+
+
+@control_command(  # type: ignore[misc]
+    args=[("name", str), ("alias", str), ("version", str)],
+    signature="<name> <alias> <version>",
+)
+def eldefect_refresh_model(
+    state: Any, name: str = "", alias: str = "", version: str = ""
+) -> dict[str, str]:
+    """Check the registry alias now; the new model loads in the background."""
+    settings = get_settings()
+    if (name, alias) != (settings.model_name, settings.model_alias):
+        return {"ok": f"ignored: this worker serves {settings.model_name}@{settings.model_alias}"}
+    log.info("promotion event: %s@%s -> version %s; refreshing", name, alias, version)
+    get_model_cache().refresh()
+    return {"ok": f"refreshing {name}@{alias}"}

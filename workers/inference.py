@@ -1,0 +1,193 @@
+"""Plain functions behind the tasks: one batch of inference, one sweep. Tests call these.
+
+A batch: claim up to `batch_size` queued jobs (the message's own job first), wait up to
+`batch_wait_ms` for more while the batch is not full, decode each image (an image that will
+not decode fails its job at once, with the reason), compute its input statistics, run ONE
+forward pass over the rest, and store every result and statistic in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from db import lifecycle
+from db.session import session_scope
+from eldefect.imaging import ImageDecodeError, decode_gray
+from eldefect.settings import Settings
+from eldefect.stats import input_statistics
+from workers.model_cache import ServingModel
+
+log = logging.getLogger(__name__)
+
+INFERENCE_ERROR = "inference_error"
+_POLL_S = 0.01  # how often a batch that is not full looks for more jobs within batch_wait_ms
+
+
+@dataclass
+class BatchReport:
+    claimed: list[str] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    model_version: str | None = None
+    forward_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "claimed": len(self.claimed),
+            "succeeded": len(self.succeeded),
+            "failed": len(self.failed),
+            "model_version": self.model_version,
+            "forward_ms": round(self.forward_ms, 2),
+        }
+
+
+def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.ClaimedJob]:
+    """Claim a batch: what is queued now, then more for up to batch_wait_ms if not full."""
+    url, size = settings.database_url, settings.batch_size
+    lease = settings.running_timeout_s
+    with session_scope(url) as session:
+        jobs = lifecycle.claim_jobs(session=session, limit=size, lease_s=lease, prefer=prefer)
+    if not jobs:
+        return jobs
+    deadline = time.monotonic() + settings.batch_wait_ms / 1000.0
+    while len(jobs) < size and (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(_POLL_S, remaining))
+        with session_scope(url) as session:
+            jobs += lifecycle.claim_jobs(session=session, limit=size - len(jobs), lease_s=lease)
+    return jobs
+
+
+def _decode(
+    jobs: Sequence[lifecycle.ClaimedJob], *, max_pixels: int
+) -> tuple[list[tuple[lifecycle.ClaimedJob, np.ndarray, dict[str, float]]], dict[str, tuple[str, str]]]:
+    ready, errors = [], {}
+    for job in jobs:
+        try:
+            gray = decode_gray(job.image, max_pixels=max_pixels)
+            stats = input_statistics(gray)
+        except ImageDecodeError as exc:
+            errors[job.id] = (exc.code, exc.message)
+            continue
+        except (ValueError, OSError, MemoryError, AssertionError) as exc:
+            errors[job.id] = ("corrupt_image", f"the image data cannot be decoded: {exc}")
+            continue
+        ready.append((job, gray, stats))
+    return ready, errors
+
+
+def _forward(
+    model: ServingModel, images: list[np.ndarray]
+) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    """One forward pass; if it raises, image by image so one bad image fails only itself."""
+    try:
+        probs = np.asarray(model.predict(images))
+        assert probs.shape[0] == len(images), f"{probs.shape[0]} rows for {len(images)} images"
+        return list(probs), {}
+    except Exception:  # isolate the culprit below instead of failing the whole batch
+        if len(images) == 1:
+            log.exception("forward pass failed on a single image")
+            return [None], {0: "the model could not process this image"}
+        log.exception("forward pass over %d images failed; retrying one by one", len(images))
+    rows: list[np.ndarray | None] = []
+    errors: dict[int, str] = {}
+    for i, image in enumerate(images):
+        try:
+            rows.append(np.asarray(model.predict([image]))[0])
+        except Exception as exc:  # this image alone breaks the model: fail its job
+            rows.append(None)
+            errors[i] = f"the model could not process this image: {exc}"
+    return rows, errors
+
+
+def process_batch(
+    *,
+    settings: Settings,
+    model_source: Callable[[], ServingModel],
+    prefer: str | None = None,
+) -> BatchReport:
+    """Run one batch; a no-op when no job is queued (e.g. a redelivered message)."""
+    model = model_source()  # before claiming: without a model, jobs stay queued for others
+    report = BatchReport(model_version=str(model.version))
+    jobs = claim_batch(settings=settings, prefer=prefer)
+    report.claimed = [job.id for job in jobs]
+    if not jobs:
+        return report
+    try:
+        ready, errors = _decode(jobs, max_pixels=settings.max_image_pixels)
+        outcomes: list[lifecycle.JobOutcome] = []
+        if ready:
+            started = time.perf_counter()
+            rows, model_errors = _forward(model, [gray for _, gray, _ in ready])
+            report.forward_ms = (time.perf_counter() - started) * 1000.0
+            for i, ((job, _, stats), row) in enumerate(zip(ready, rows, strict=True)):
+                if row is None:
+                    errors[job.id] = (INFERENCE_ERROR, model_errors[i])
+                    continue
+                shaped = model.result(row)
+                outcomes.append(
+                    lifecycle.JobOutcome(
+                        job_id=job.id,
+                        probabilities=shaped["probabilities"],
+                        defects=shaped["defects"],
+                        thresholds=shaped["thresholds"],
+                        stats=stats,
+                        queue_wait_ms=(job.started_at - job.created_at).total_seconds() * 1000,
+                        inference_ms=report.forward_ms,
+                    )
+                )
+        with session_scope(settings.database_url) as session:
+            report.succeeded = lifecycle.record_results(
+                session=session,
+                outcomes=outcomes,
+                model_name=model.name,
+                model_version=str(model.version),
+            )
+            report.failed = lifecycle.fail_jobs(session=session, errors=errors)
+    except BaseException:
+        _release(settings, report.claimed)
+        raise
+    log.info(
+        "batch of %d: %d succeeded, %d failed, forward pass %.1f ms, %s version %s",
+        len(jobs),
+        len(report.succeeded),
+        len(report.failed),
+        report.forward_ms,
+        model.name,
+        model.version,
+    )
+    return report
+
+
+def _release(settings: Settings, job_ids: list[str]) -> None:
+    """Best effort: hand claimed jobs back now rather than when their lease runs out."""
+    try:
+        with session_scope(settings.database_url) as session:
+            lifecycle.release_jobs(session=session, job_ids=job_ids)
+    except Exception:  # the database may be what failed; the sweep then requeues at lease end
+        log.warning("could not release %d claimed jobs; the sweep will", len(job_ids))
+
+
+def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle.SweepReport:
+    """Requeue lost jobs in the database, then send a wake-up message for each."""
+    with session_scope(settings.database_url) as session:
+        report = lifecycle.sweep(
+            session=session,
+            requeue_after_s=settings.requeue_after_s,
+            max_attempts=settings.max_attempts,
+        )
+    for job_id in report.to_enqueue:
+        send(job_id)
+    if report.to_enqueue or report.failed:
+        log.warning(
+            "sweep: re-sent %d queued too long, requeued %d whose worker died, failed %d",
+            len(report.requeued_stale),
+            len(report.requeued_expired),
+            len(report.failed),
+        )
+    return report

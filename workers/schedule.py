@@ -1,0 +1,24 @@
+"""The one beat schedule. Each entry runs on the maintenance queue and expires with its tick,
+so a stopped worker does not come back to a pile of stale housekeeping messages.
+
+The model-version check is not here: every worker must check its own loaded model, so that
+runs in a thread inside each worker (workers/model_cache.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eldefect.settings import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        # Re-send jobs left queued longer than requeue_after_s (the broker lost the message),
+        # requeue jobs whose lease ran out (their worker died), fail those out of attempts.
+        "sweep-lost-jobs": {
+            "task": "eldefect.sweep",
+            "schedule": settings.sweep_interval_s,
+            "options": {"queue": "maintenance", "expires": settings.sweep_interval_s},
+        },
+    }

@@ -1,0 +1,78 @@
+"""Thin Celery tasks: each takes ids (or nothing) and calls a plain function in inference.py."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_ready
+from sqlalchemy.exc import OperationalError
+
+from eldefect.settings import get_settings
+from workers import control as _control  # noqa: F401  (registers the remote-control command)
+from workers.app import INFER_TASK, SWEEP_TASK, app
+from workers.inference import process_batch, run_sweep
+from workers.model_cache import ModelUnavailableError, get_model_cache
+
+log = logging.getLogger(__name__)
+
+
+@app.task(
+    name=INFER_TASK,
+    # The job's state is in the database; the message only says "work is waiting". Ack late,
+    # so a message whose worker dies is redelivered where the transport can.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # Only errors that pass with time: the database briefly unreachable (failover, restart,
+    # "database is locked" past busy_timeout) and no model under the alias yet. A bad image is
+    # never retried: its job ends `failed` inside process_batch.
+    autoretry_for=(OperationalError, ModelUnavailableError),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    # ~5 minutes of retries; past that the sweep re-sends the job anyway.
+    max_retries=12,
+    ignore_result=True,
+)
+def infer(job_id: str) -> dict[str, Any]:
+    """Run one batch of queued jobs, this message's job first (a no-op if it is done)."""
+    report = process_batch(settings=get_settings(), model_source=get_model_cache().get, prefer=job_id)
+    return report.as_dict()
+
+
+def send_infer(job_id: str) -> object:
+    settings = get_settings()
+    return app.send_task(INFER_TASK, args=[job_id], queue=settings.inference_queue)
+
+
+@app.task(
+    name=SWEEP_TASK,
+    # Idempotent and re-run every few seconds by beat: a lost sweep message is harmless, so
+    # ack early and never retry (the next tick is the retry).
+    acks_late=False,
+    ignore_result=True,
+)
+def sweep() -> dict[str, int]:
+    """Re-send jobs the broker lost; requeue (or fail) jobs whose worker died."""
+    report = run_sweep(settings=get_settings(), send=send_infer)
+    return {
+        "requeued_stale": len(report.requeued_stale),
+        "requeued_expired": len(report.requeued_expired),
+        "failed": len(report.failed),
+    }
+
+
+@worker_ready.connect
+def _preload_model(**_: Any) -> None:
+    """Load the served model as the worker starts, so the first batch does not wait for it."""
+
+    def load() -> None:
+        try:
+            get_model_cache().get()
+        except ModelUnavailableError as exc:
+            log.warning("%s; jobs wait in the queue until one is promoted", exc)
+        except Exception:  # logged; the first batch tries again and reports through retries
+            log.exception("could not load the served model at start")
+
+    threading.Thread(target=load, name="eldefect-model-preload", daemon=True).start()
