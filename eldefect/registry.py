@@ -76,15 +76,30 @@ def log_model(model: Any, card: ModelCard) -> str:
     return str(info.model_uri)
 
 
-def load_card(model_uri: str) -> ModelCard:
+def _client(tracking_uri: str | None) -> MlflowClient:
+    """Point MLflow (its fluent API too) at `tracking_uri` or the settings' URI.
+
+    MLflow keeps the tracking URI as process-global state; setting it on every registry call
+    keeps long-lived processes (workers, tests) on the URI their settings name now.
+    """
+    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def load_card(model_uri: str, tracking_uri: str | None = None) -> ModelCard:
+    _client(tracking_uri)
     metadata = mlflow.models.get_model_info(model_uri).metadata or {}
     if "eldefect_card" not in metadata:
         raise MlflowException(f"{model_uri} has no eldefect model card; was it logged by eldefect?")
     return ModelCard.from_dict(metadata["eldefect_card"])
 
 
-def load_model(model_uri: str, *, device: str = "cpu") -> tuple[Any, ModelCard]:
+def load_model(
+    model_uri: str, *, device: str = "cpu", tracking_uri: str | None = None
+) -> tuple[Any, ModelCard]:
     """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc."""
+    _client(tracking_uri)
     model = mlflow.pytorch.load_model(model_uri, map_location=device)
     model.eval()
     return model, load_card(model_uri)
@@ -96,7 +111,7 @@ def model_uri(name: str, version: str) -> str:
 
 def resolve_alias(name: str, alias: str, tracking_uri: str | None = None) -> str | None:
     """The version under `name@alias`, or None when the model or alias does not exist."""
-    client = MlflowClient(tracking_uri=tracking_uri or get_settings().mlflow_tracking_uri)
+    client = _client(tracking_uri)
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
@@ -120,12 +135,10 @@ def latest_training_run(settings: Settings | None = None) -> str:
     return str(runs[0].info.run_id)
 
 
-def register_run(run_id: str, name: str) -> str:
+def register_run(run_id: str, name: str, tracking_uri: str | None = None) -> str:
     """Register the model logged by `run_id` as a new version of `name`; returns the version."""
-    client = MlflowClient()
-    logged = [m for m in client.search_logged_models(filter_string=f"source_run_id = '{run_id}'")]
-    source = logged[0].model_uri if logged else f"runs:/{run_id}/{MODEL_ARTIFACT}"
-    version = mlflow.register_model(source, name, tags={"run_id": run_id})
+    _client(tracking_uri)
+    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags={"run_id": run_id})
     return str(version.version)
 
 
@@ -163,7 +176,7 @@ def promote(
 ) -> PromotionDecision:
     """Set `staging` when the candidate beats `production` on the selection metric (or none
     exists); with `to_production`, move `production` to it as well (an explicit decision)."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     candidate = load_card(model_uri(name, version))
     prod_version = resolve_alias(name, PRODUCTION, tracking_uri)
     prod_value: float | None = None

@@ -3,6 +3,7 @@
 The bytes decide, never the declared content type: the header is sniffed by
 `eldefect.imaging.inspect_image` (format, pixel count) and the pixels are fully decoded by
 `decode_gray`, the same decoder the worker uses, so a truncated file is refused here.
+`eldefect.imaging` (numpy, Pillow) is imported on the first upload, not when the app starts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from db.jobs import NewImage
-from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
 from gateway.errors import ApiError
 
 # ImageDecodeError.code -> HTTP status.
@@ -62,6 +62,8 @@ def validate_image(
     cell_id: str | None = None,
 ) -> NewImage:
     """Check the bytes are one intact, supported image within the pixel limit."""
+    from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
+
     try:
         info = inspect_image(data, max_pixels=max_pixels)
         decode_gray(data, max_pixels=max_pixels)

@@ -7,8 +7,10 @@ Real-service fixtures connect to the real servers. When ELDEFECT_REQUIRE_SERVICE
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,75 @@ def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     get_settings.cache_clear()
     yield var
     get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """A session's MLflow registry holding two tiny synthetic models of one name.
+
+    v1 is under alias `production`; v2 (a second training run) is registered without an alias,
+    ready for promotion tests. Tests get a copy of the registry database (`production_model`),
+    so moving aliases in one test never leaks into another.
+    """
+
+    db_file: Path
+    name: str
+    v1: str
+    v2: str
+    images: Path  # a synthetic VOC folder the models never trained on
+
+
+MODEL_NAME = "el_defect_classifier"
+
+
+def _train_tiny(seed: int) -> str:
+    from eldefect.config import load_train_config
+    from eldefect.train import train
+
+    config = load_train_config(Path(__file__).parents[1] / "configs/train/synthetic.yaml")
+    config.optim.epochs = 6
+    config.optim.seed = seed
+    config.data.synthetic_n = 240
+    return train(config, progress=False).run_id
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
+    from eldefect.data.synth import write_synthetic_dataset
+    from eldefect.registry import promote, register_run
+    from eldefect.settings import get_settings
+
+    root = tmp_path_factory.mktemp("model_store")
+    saved = {k: os.environ.get(k) for k in ("ELDEFECT_VAR_DIR", "MLFLOW_TRACKING_URI")}
+    os.environ["ELDEFECT_VAR_DIR"] = str(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    get_settings.cache_clear()
+    try:
+        v1 = register_run(_train_tiny(seed=0), MODEL_NAME)
+        promote(name=MODEL_NAME, version=v1, to_production=True)
+        v2 = register_run(_train_tiny(seed=1), MODEL_NAME)
+        images = write_synthetic_dataset(
+            root / "holdout", n=24, seed=99, size=96, progress=False,
+            classes=["crack", "black_core", "thick_line", "corner", "fragment"],
+        )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+    yield ModelStore(root / "mlflow.db", MODEL_NAME, v1, v2, images)
+
+
+@pytest.fixture
+def production_model(
+    model_store: ModelStore, settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> ModelStore:
+    """Embedded settings (see settings_env) whose MLflow registry has the store's models."""
+    from eldefect.settings import get_settings
+
+    shutil.copy(model_store.db_file, settings_env / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{settings_env}/mlflow.db")
+    get_settings.cache_clear()
+    return model_store

@@ -51,6 +51,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # directory unless set: keep them under var/ with the queue.
         queue_folder = Path(transport["data_folder_in"])
         transport.setdefault("control_folder", str(queue_folder.parent / "control"))
+        # The same transport with atomic writes and a reader that survives torn messages.
+        broker["broker_transport"] = "workers.fs_transport:Transport"
     return {
         **broker,
         "broker_connection_retry_on_startup": True,

@@ -62,7 +62,9 @@ def eldefect_argv() -> list[str]:
     help="Also run the sweep and other housekeeping tasks from the maintenance queue.",
 )
 @click.option("--name", default=None, help="Worker node name [default: <queue>.<pid>@<host>].")
-def worker(queue: str, device: str | None, concurrency: int, maintenance: bool, name: str | None) -> None:
+def worker(
+    queue: str, device: str | None, concurrency: int, maintenance: bool, name: str | None
+) -> None:
     """Run a Celery worker that serves the production model in batches."""
     device = device or ("cuda" if queue == "inference.gpu" else "cpu")
     # Through the environment, so that the settings every module reads agree.
@@ -144,7 +146,7 @@ class Supervisor:
         return None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM every child (a Celery worker finishes its batch first), then wait; kill late ones."""
+        """SIGTERM every child (a worker finishes its batch first), wait, kill the late ones."""
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -160,16 +162,21 @@ class Supervisor:
 
 
 @click.command()
-@click.option("--migrate/--no-migrate", default=True, show_default=True, help="Upgrade the database first.")
+@click.option(
+    "--migrate/--no-migrate", default=True, show_default=True, help="Upgrade the database first."
+)
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True)
 def up(migrate: bool, concurrency: int) -> None:
     """Run gateway, one CPU worker and beat together; Ctrl-C stops them all."""
     settings = get_settings()
     settings.ensure_var_dir()
     if migrate:
+        import logging
+
         from db.migrate import upgrade
 
         click.echo(f"up      | migrating {settings.database_url}")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade(settings.database_url)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = eldefect_argv()

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 REFRESH_COMMAND = "eldefect_refresh_model"
 
 
-@control_command(  # type: ignore[misc]
+@control_command(
     args=[("name", str), ("alias", str), ("version", str)],
     signature="<name> <alias> <version>",
 )

@@ -65,7 +65,9 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
 
 def _decode(
     jobs: Sequence[lifecycle.ClaimedJob], *, max_pixels: int
-) -> tuple[list[tuple[lifecycle.ClaimedJob, np.ndarray, dict[str, float]]], dict[str, tuple[str, str]]]:
+) -> tuple[
+    list[tuple[lifecycle.ClaimedJob, np.ndarray, dict[str, float]]], dict[str, tuple[str, str]]
+]:
     ready, errors = [], {}
     for job in jobs:
         try:

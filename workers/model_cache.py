@@ -118,12 +118,16 @@ class ModelCache:
             return False
         if current is not None and str(current.version) == str(version):
             return False
-        log.info("%s moved to version %s; loading it beside the one in service", self._label, version)
+        log.info(
+            "%s moved to version %s; loading it beside the one in service", self._label, version
+        )
         started = time.monotonic()
         try:
             fresh = self._load(version)
         except Exception:  # a broken new version must not take down the one serving
-            log.exception("cannot load %s version %s; keeping the current one", self._label, version)
+            log.exception(
+                "cannot load %s version %s; keeping the current one", self._label, version
+            )
             self._failed_version = version
             return False
         with self._first_load:

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 )
 def infer(job_id: str) -> dict[str, Any]:
     """Run one batch of queued jobs, this message's job first (a no-op if it is done)."""
-    report = process_batch(settings=get_settings(), model_source=get_model_cache().get, prefer=job_id)
+    report = process_batch(
+        settings=get_settings(), model_source=get_model_cache().get, prefer=job_id
+    )
     return report.as_dict()
 
 

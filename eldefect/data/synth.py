@@ -242,7 +242,7 @@ def write_synthetic_dataset(
         picked.sort(key=lambda name: name != "short_circuit")
         pixels, boxes = render_cell(rng, size, picked)
         stem = f"synth_{seed}_{i:05d}"
-        Image.fromarray(pixels, mode="L").save(out / "JPEGImages" / f"{stem}.png")
+        Image.fromarray(pixels).save(out / "JPEGImages" / f"{stem}.png")
         write_voc_xml(
             out / "Annotations" / f"{stem}.xml",
             filename=f"{stem}.png",

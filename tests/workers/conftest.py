@@ -41,8 +41,14 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyRegi
     Both versions hold the same weights: the tests care which version served a job, and a
     second training would only cost time. The alias is set by each test (`served_model`).
     """
-    from eldefect.config import AugmentConfig, DataConfig, InputConfig, ModelConfig
-    from eldefect.config import OptimConfig, TrainConfig
+    from eldefect.config import (
+        AugmentConfig,
+        DataConfig,
+        InputConfig,
+        ModelConfig,
+        OptimConfig,
+        TrainConfig,
+    )
     from eldefect.settings import get_settings
 
     root = tmp_path_factory.mktemp("tiny_registry")

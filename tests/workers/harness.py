@@ -40,7 +40,9 @@ class Proc:
             if needle in self.text():
                 return
             if self.popen.poll() is not None:
-                raise AssertionError(f"process exited ({self.popen.returncode}):\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"process exited ({self.popen.returncode}):\n{self.text()[-3000:]}"
+                )
             time.sleep(0.1)
         raise AssertionError(f"{needle!r} not seen in {timeout} s:\n{self.text()[-3000:]}")
 
@@ -62,7 +64,11 @@ class Proc:
 
 
 def start_worker(tmp: Path, name: str = "worker", **env: str) -> Proc:
-    proc = Proc(["worker", "--queue", "inference.cpu", "--name", f"{name}.{time.monotonic_ns()}@test"], tmp / f"{name}.log", env)
+    proc = Proc(
+        ["worker", "--queue", "inference.cpu", "--name", f"{name}.{time.monotonic_ns()}@test"],
+        tmp / f"{name}.log",
+        env,
+    )
     proc.wait_for(" ready.")
     proc.wait_for("workers.model_cache: serving ")  # the first model is loaded
     return proc
@@ -76,21 +82,40 @@ def statuses(url: str, ids: Iterable[str] | None = None) -> dict[str, JobStatus]
         return {job_id: status for job_id, status in session.execute(query)}
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Callable[[], str] = str) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Callable[[], str] = str,
+    procs: Iterable[Proc] = (),
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise AssertionError(
+                    f"{proc.log.name} died while waiting for {what}:\n{log()[-4000:]}"
+                )
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log()[-4000:]}")
 
 
-def wait_all_finished(url: str, ids: list[str], timeout: float, log: Callable[[], str] = str) -> dict[str, JobStatus]:
+def wait_all_finished(
+    url: str,
+    ids: list[str],
+    timeout: float,
+    log: Callable[[], str] = str,
+    procs: Iterable[Proc] = (),
+) -> dict[str, JobStatus]:
     def done() -> bool:
-        return all(s in (JobStatus.succeeded, JobStatus.failed) for s in statuses(url, ids).values())
+        return all(
+            s in (JobStatus.succeeded, JobStatus.failed) for s in statuses(url, ids).values()
+        )
 
     try:
-        wait_until(done, timeout, f"{len(ids)} jobs to finish", log)
+        wait_until(done, timeout, f"{len(ids)} jobs to finish", log, procs)
     except AssertionError as exc:
         counts: dict[str, int] = {}
         for s in statuses(url, ids).values():

@@ -56,7 +56,9 @@ def queued_jobs(url: str, images: list[bytes]) -> list[str]:
 
 
 def test_one_forward_pass_per_batch_and_bad_image_fails_at_once(db_url: str) -> None:
-    ids = queued_jobs(db_url, [png_bytes(i) for i in range(5)] + [png_bytes(9)[:60], b"not an image"])
+    ids = queued_jobs(
+        db_url, [png_bytes(i) for i in range(5)] + [png_bytes(9)[:60], b"not an image"]
+    )
     model = FakeModel()
     report = process_batch(settings=settings_for(db_url), model_source=lambda: model, prefer=ids[2])
     assert model.calls == [5], "the five good images go through one forward pass"
@@ -65,7 +67,9 @@ def test_one_forward_pass_per_batch_and_bad_image_fails_at_once(db_url: str) -> 
     with session_scope(db_url) as session:
         jobs = {j.id: j for j in session.scalars(select(Job))}
         assert all(jobs[i].status == JobStatus.succeeded for i in ids[:5])
-        assert jobs[ids[5]].status == JobStatus.failed and jobs[ids[5]].error_code == "corrupt_image"
+        assert (
+            jobs[ids[5]].status == JobStatus.failed and jobs[ids[5]].error_code == "corrupt_image"
+        )
         assert jobs[ids[6]].error_code == "unsupported_media_type"
         assert jobs[ids[6]].error_message
         result = session.get(Result, ids[0])
@@ -125,7 +129,9 @@ def test_an_image_that_breaks_the_model_fails_alone(db_url: str) -> None:
         assert job is not None and job.error_code == "inference_error"
 
 
-def test_a_database_error_hands_the_batch_back(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_error_hands_the_batch_back(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sqlalchemy.exc import OperationalError
 
     ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])

@@ -111,9 +111,12 @@ def test_failed_job_keeps_its_reason_and_gets_no_late_result(db_url: str) -> Non
             session=session, errors={ids[0]: ("corrupt_image", "the image data cannot be decoded")}
         ) == [ids[0]]
     with session_scope(db_url) as session:
-        assert lifecycle.record_results(
-            session=session, outcomes=[outcome(ids[0])], model_name="m", model_version="1"
-        ) == []
+        assert (
+            lifecycle.record_results(
+                session=session, outcomes=[outcome(ids[0])], model_name="m", model_version="1"
+            )
+            == []
+        )
         assert lifecycle.fail_jobs(session=session, errors={ids[0]: ("other", "x")}) == []
     with session_scope(db_url) as session:
         job = session.get(Job, ids[0])
@@ -138,7 +141,11 @@ def test_release_gives_claimed_jobs_back(db_url: str) -> None:
 
 def test_sweep_resends_stale_requeues_expired_and_fails_exhausted(db_url: str) -> None:
     now = lifecycle.utcnow()
-    old, past, future = now - timedelta(seconds=120), now - timedelta(seconds=1), now + timedelta(seconds=60)
+    old, past, future = (
+        now - timedelta(seconds=120),
+        now - timedelta(seconds=1),
+        now + timedelta(seconds=60),
+    )
     with session_scope(db_url) as session:
         station = make_station(session)
         stale = make_job(session, station=station, enqueued_at=old).id

@@ -20,7 +20,14 @@ from db.session import session_scope
 from eldefect.settings import get_settings
 from tests.workers.conftest import TinyRegistry
 from tests.workers.factories import make_job, make_station, png_bytes
-from tests.workers.harness import Proc, result_count, start_worker, statuses, wait_all_finished, wait_until
+from tests.workers.harness import (
+    Proc,
+    result_count,
+    start_worker,
+    statuses,
+    wait_all_finished,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +58,12 @@ def submit(url: str, images: list[bytes], *, send: bool = True) -> list[str]:
     return ids
 
 
-@pytest.fixture(params=["embedded", pytest.param("services", marks=[pytest.mark.postgres, pytest.mark.redis])])
-def backend(request: pytest.FixtureRequest, served_model: TinyRegistry, monkeypatch: pytest.MonkeyPatch) -> str:
+@pytest.fixture(
+    params=["embedded", pytest.param("services", marks=[pytest.mark.postgres, pytest.mark.redis])]
+)
+def backend(
+    request: pytest.FixtureRequest, served_model: TinyRegistry, monkeypatch: pytest.MonkeyPatch
+) -> str:
     """The database URL, after pointing settings at SQLite + files or PostgreSQL + Redis."""
     if request.param == "embedded":
         return _use(monkeypatch)
@@ -71,7 +82,7 @@ def test_worker_batches_jobs_and_fails_a_corrupt_image_with_its_reason(
     try:
         good = submit(url, [png_bytes(i) for i in range(30)])
         corrupt = submit(url, [png_bytes(99)[:70]])  # the header passes, the pixel data does not
-        final = wait_all_finished(url, good + corrupt, 90, worker.text)
+        final = wait_all_finished(url, good + corrupt, 90, worker.text, [worker])
     finally:
         worker.stop()
     assert {final[i] for i in good} == {JobStatus.succeeded}
@@ -89,7 +100,11 @@ def test_worker_batches_jobs_and_fails_a_corrupt_image_with_its_reason(
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_sweep_recovers_jobs_whose_messages_redis_lost(
-    served_model: TinyRegistry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, postgres_url: str, redis_url: str
+    served_model: TinyRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
 ) -> None:
     import redis
 
@@ -108,7 +123,7 @@ def test_sweep_recovers_jobs_whose_messages_redis_lost(
     beat = Proc(["beat"], tmp_path / "beat.log")
     worker = start_worker(tmp_path)
     try:
-        final = wait_all_finished(url, ids, 90, lambda: worker.text() + beat.text())
+        final = wait_all_finished(url, ids, 90, lambda: worker.text() + beat.text(), [worker, beat])
     finally:
         worker.stop()
         beat.stop()
@@ -136,7 +151,10 @@ def test_worker_killed_mid_batch_leaves_no_job_behind_and_none_done_twice(
     try:
         ids += submit(url, [png_bytes(i) for i in range(5)])
         wait_until(
-            lambda: JobStatus.running in statuses(url, ids).values(), 30, "a claimed job", first.text
+            lambda: JobStatus.running in statuses(url, ids).values(),
+            30,
+            "a claimed job",
+            first.text,
         )
         ids += submit(url, [png_bytes(i) for i in range(5, 25)])
         first.kill()
@@ -144,7 +162,9 @@ def test_worker_killed_mid_batch_leaves_no_job_behind_and_none_done_twice(
         monkeypatch.setenv("ELDEFECT_BATCH_WAIT_MS", "20")
         second = start_worker(tmp_path, "second")
         try:
-            final = wait_all_finished(url, ids, 90, lambda: second.text() + beat.text())
+            final = wait_all_finished(
+                url, ids, 90, lambda: second.text() + beat.text(), [second, beat]
+            )
         finally:
             second.stop()
     finally:
@@ -182,10 +202,14 @@ def test_promotion_while_jobs_flow_switches_versions_without_a_failure(
                 assert "production" in decision.moved
             time.sleep(0.15)
         wait_until(
-            lambda: "now serving" in worker.text(), 60, "the swap to version 2", worker.text
+            lambda: "now serving" in worker.text(),
+            60,
+            "the swap to version 2",
+            worker.text,
+            [worker],
         )
         ids += submit(url, [png_bytes(1000 + i) for i in range(10)])
-        final = wait_all_finished(url, ids, 120, worker.text)
+        final = wait_all_finished(url, ids, 120, worker.text, [worker])
     finally:
         worker.stop()
     assert len(ids) == 210 and set(final.values()) == {JobStatus.succeeded}

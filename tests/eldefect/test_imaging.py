@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
+from tests.eldefect.images import encode, gradient, png_header_only
+
+LIMIT = 10_000_000
+
+
+def test_8bit_png_scales_to_unit_range() -> None:
+    pixels = (gradient() * 255).round().astype(np.uint8)
+    gray = decode_gray(encode(pixels, "PNG"), max_pixels=LIMIT)
+    assert gray.dtype == np.float32 and gray.shape == (40, 60)
+    np.testing.assert_allclose(gray, pixels / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16bit_keeps_its_dynamic_range(fmt: str) -> None:
+    # Values that differ only below 8-bit resolution must stay distinct.
+    pixels = np.array([[1000, 1001, 40000, 65535]], dtype=np.uint16)
+    gray = decode_gray(encode(pixels, fmt), max_pixels=LIMIT)
+    np.testing.assert_allclose(gray, pixels / 65535.0, rtol=1e-6)
+    assert gray[0, 0] != gray[0, 1]
+
+
+def test_rgb_jpeg_becomes_luma() -> None:
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 200
+    gray = decode_gray(encode(rgb, "JPEG", quality=100), max_pixels=LIMIT)
+    assert gray.shape == (32, 32)
+    assert abs(float(gray.mean()) - 0.299 * 200 / 255) < 0.02
+
+
+def test_bmp_decodes() -> None:
+    pixels = (gradient() * 255).astype(np.uint8)
+    assert decode_gray(encode(pixels, "BMP"), max_pixels=LIMIT).shape == (40, 60)
+
+
+def test_exif_orientation_is_applied() -> None:
+    pixels = np.zeros((20, 50), np.uint8)  # wide image
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert decode_gray(buf.getvalue(), max_pixels=LIMIT).shape == (50, 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_file"),
+        (b"this is plain text, not an image", "unsupported_media_type"),
+        (png_header_only(30000, 30000), "too_many_pixels"),
+    ],
+)
+def test_refusals_name_the_reason(data: bytes, code: str) -> None:
+    with pytest.raises(ImageDecodeError) as err:
+        decode_gray(data, max_pixels=LIMIT)
+    assert err.value.code == code
+    assert err.value.message
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_is_corrupt(fmt: str) -> None:
+    rng = np.random.default_rng(0)
+    data = encode(rng.integers(0, 255, (64, 64), dtype=np.uint8), fmt)
+    with pytest.raises(ImageDecodeError) as err:
+        decode_gray(data[: len(data) // 2], max_pixels=LIMIT)
+    assert err.value.code == "corrupt_image"
+
+
+def test_inspect_reads_only_the_header() -> None:
+    info = inspect_image(png_header_only(300, 200), max_pixels=LIMIT)
+    assert (info.format, info.width, info.height) == ("PNG", 300, 200)
+    with pytest.raises(ImageDecodeError, match="30000x30000"):
+        inspect_image(png_header_only(30000, 30000), max_pixels=LIMIT)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eldefect.data.readers import DatasetError, read_elpv, read_voc
+from eldefect.data.voc_xml import VocObject, write_voc_xml
+from eldefect.labels import LabelSet
+
+LABELS = LabelSet("t", ("crack", "finger"))
+
+
+def _voc(root: Path, items: dict[str, list[str] | None]) -> Path:
+    """items: image stem -> object names (None: no XML written)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    for stem, names in items.items():
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "JPEGImages" / f"{stem}.png")
+        if names is not None:
+            objects = [VocObject(n, (0, 0, 4, 4)) for n in names]
+            write_voc_xml(root / "Annotations" / f"{stem}.xml", filename=stem, width=8, height=8,
+                          objects=objects)
+    return root
+
+
+def test_voc_targets_and_counted_quirks(tmp_path: Path) -> None:
+    root = _voc(tmp_path, {"a": ["crack", "crack"], "b": ["finger", "crack"], "c": [], "d": None})
+    (root / "Annotations" / "e.xml").write_text("<annotation><object>")  # broken XML
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "JPEGImages" / "e.png")
+
+    samples, report = read_voc(root, LABELS)
+    targets = {s.path.stem: s.target.tolist() for s in samples}
+    assert targets == {"a": [1, 0], "b": [1, 1], "c": [0, 0]}
+    assert report.missing_annotation == ["d.png"]
+    assert report.empty_annotation == ["c.xml"]
+    assert report.bad_annotation == ["e.xml"]
+    assert "1 without an annotation file" in report.summary()
+
+
+def test_missing_annotation_can_mean_defect_free(tmp_path: Path) -> None:
+    samples, _ = read_voc(_voc(tmp_path, {"d": None}), LABELS, missing_annotation="negative")
+    assert [s.target.tolist() for s in samples] == [[0, 0]]
+
+
+def test_unknown_labels_fail_after_the_whole_folder_unless_ignored(tmp_path: Path) -> None:
+    root = _voc(tmp_path, {"a": ["crack", "smudge"], "b": ["smudge"]})
+    with pytest.raises(DatasetError, match=r"'smudge': 2"):
+        read_voc(root, LABELS)
+    samples, report = read_voc(root, LABELS, ignore_unknown_labels=True)
+    assert len(samples) == 2 and report.unknown_labels["smudge"] == 2
+
+
+def test_elpv_defective_means_probability_at_least_half(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i, p in enumerate([0.0, 0.3333333333333333, 0.6666666666666666, 1.0]):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "images" / f"c{i}.png")
+        lines.append(f"images/c{i}.png  {p}  mono")
+    lines.append("images/missing.png 1.0 poly")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    samples, report = read_elpv(tmp_path, LabelSet("elpv", ("defective",)))
+    assert [s.target.tolist() for s in samples] == [[0], [0], [1], [1]]
+    assert report.unreadable_images == ["images/missing.png"]
+
+
+def test_readers_refuse_wrong_layouts(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="JPEGImages"):
+        read_voc(tmp_path, LABELS)
+    with pytest.raises(DatasetError, match="labels.csv"):
+        read_elpv(tmp_path, LabelSet("elpv", ("defective",)))

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eldefect.data.split import stratified_split
+from eldefect.metrics import average_precision, class_metrics, tune_thresholds
+
+
+def test_split_is_seeded_complete_and_stratified() -> None:
+    rng = np.random.default_rng(0)
+    targets = (rng.random((500, 6)) < [0.02, 0.05, 0.1, 0.3, 0.5, 0.04]).astype(np.float32)
+    train, val = stratified_split(targets, 0.2, seed=3)
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(500))
+    assert abs(len(val) - 100) <= 1
+    want = targets.sum(0) * 0.2
+    assert np.all(np.abs(targets[val].sum(0) - want) <= 1.0)
+    again_train, _ = stratified_split(targets, 0.2, seed=3)
+    np.testing.assert_array_equal(train, again_train)
+
+
+def test_average_precision_by_hand() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    truth = np.array([1, 0, 1, 0])
+    # Positives at ranks 1 and 3: precision 1/1 and 2/3.
+    assert average_precision(scores, truth) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(average_precision(scores, np.zeros(4)))
+
+
+def test_class_metrics_at_a_threshold() -> None:
+    m = class_metrics(np.array([0.9, 0.8, 0.2, 0.1]), np.array([1, 0, 1, 0]), 0.5)
+    assert (m.recall, m.precision, m.f1, m.support) == (0.5, 0.5, 0.5, 2)
+
+
+def test_thresholds_keep_the_recall_floor_and_maximise_f1() -> None:
+    rng = np.random.default_rng(1)
+    truth = (rng.random(300) < 0.2).astype(np.float32)
+    scores = np.clip(truth * 0.3 + rng.random(300) * 0.7, 0, 1)
+    probs, targets = np.stack([scores, scores], 1), np.stack([truth, np.zeros(300)], 1)
+    t = tune_thresholds(probs, targets, ["a", "none"], recall_floor=0.9, default=0.5)
+    assert class_metrics(scores, truth, t["a"]).recall >= 0.9
+    assert t["none"] == 0.5  # no positives: the default stays
+    # No threshold with recall >= floor has a better F1.
+    best_f1 = class_metrics(scores, truth, t["a"]).f1
+    for c in np.linspace(0, 1, 201):
+        m = class_metrics(scores, truth, c)
+        if m.recall >= 0.9:
+            assert m.f1 <= best_f1 + 1e-9
