@@ -48,6 +48,8 @@ class OnnxRunner:
     def __init__(self, model: torch.nn.Module, size: int) -> None:
         import onnxruntime as ort
 
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # per-pass INFO lines
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         example = torch.zeros(2, 1, size, size)
         program = torch.onnx.export(
             model.to("cpu", memory_format=torch.contiguous_format).eval(),

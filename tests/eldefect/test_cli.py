@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from eldefect.cli import cli
+from tests.conftest import ModelStore
+
+
+def test_help_lists_every_contract_command() -> None:
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("synth", "train", "evaluate", "promote", "predict", "gateway", "worker",
+                    "beat", "up", "token", "demo", "bench"):
+        assert command in result.output, command
+
+
+def test_synth_writes_a_voc_dataset(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["synth", "--out", str(tmp_path), "--n", "3", "--size", "64"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "JPEGImages").iterdir())) == 3
+    assert len(list((tmp_path / "Annotations").iterdir())) == 3
+
+
+def test_train_refuses_a_bad_config_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  epochs: 0\n  learning_rate: 1\n")
+    result = CliRunner().invoke(cli, ["train", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "epochs" in result.output and "learning_rate" in result.output
+
+
+def test_predict_json_uses_the_production_model(production_model: ModelStore) -> None:
+    images = sorted((production_model.images / "JPEGImages").iterdir())[:2]
+    result = CliRunner().invoke(cli, ["predict", "--json", *map(str, images)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    assert all(set(r) == {"image", "probabilities", "defects", "thresholds"} for r in rows)
+
+
+def test_evaluate_prints_per_class_table(production_model: ModelStore) -> None:
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(production_model.images)])
+    assert result.exit_code == 0, result.output
+    assert "tuned thresholds" in result.output and "threshold 0.5" in result.output
+    assert "macro" in result.output
+
+
+def test_promote_prints_the_comparison(production_model: ModelStore) -> None:
+    result = CliRunner().invoke(
+        cli, ["promote", "--version", production_model.v2, "--to", "production"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"candidate {production_model.name} v{production_model.v2}" in result.output
+    assert "production ->" in result.output
+
+
+def test_bench_reports_each_backend() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--size", "64", "--batch", "4", "--repeats", "2"])
+    assert result.exit_code == 0, result.output
+    for backend in ("torch eager", "torch channels_last", "onnxruntime"):
+        assert backend in result.output
