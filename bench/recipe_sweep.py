@@ -66,7 +66,11 @@ def run_one(args: tuple[str, str, str, int]) -> dict[str, Any]:
     tracker = MemoryTracker()
     started = time.perf_counter()
     train(
-        config, data_root=Path(data), device=device, progress=False, tracker=tracker,
+        config,
+        data_root=Path(data),
+        device=device,
+        progress=False,
+        tracker=tracker,
         workdir=Path("var/sweep"),
     )
     return {

@@ -69,7 +69,7 @@ def bench_backends(
 
 def untrained_model(arch: str, num_classes: int) -> torch.nn.Module:
     """Speed does not depend on the weights: an untrained model of the same shape will do."""
-    return build_model(ModelConfig(arch=arch), num_classes).eval()  # type: ignore[arg-type]
+    return build_model(ModelConfig(arch=arch), num_classes).eval()
 
 
 def format_rows(rows: list[BenchRow]) -> str:

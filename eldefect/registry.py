@@ -138,7 +138,8 @@ def latest_training_run(settings: Settings | None = None) -> str:
 def register_run(run_id: str, name: str, tracking_uri: str | None = None) -> str:
     """Register the model logged by `run_id` as a new version of `name`; returns the version."""
     _client(tracking_uri)
-    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT}", name, tags={"run_id": run_id})
+    source = f"runs:/{run_id}/{MODEL_ARTIFACT}"
+    version = mlflow.register_model(source, name, tags={"run_id": run_id})
     return str(version.version)
 
 

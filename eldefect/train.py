@@ -205,9 +205,10 @@ def train(
     )
     targets = cache.targets.numpy()
     train_idx, val_idx = stratified_split(targets, config.data.val_fraction, config.data.split_seed)
-    norm = {"mean": config.input.mean, "std": config.input.std}
-    train_ds = CachedDataset(cache, train_idx, augment=build_augmentation(config.augment), **norm)
-    val_ds = CachedDataset(cache, val_idx, **norm)
+    mean, std = config.input.mean, config.input.std
+    augment = build_augmentation(config.augment)
+    train_ds = CachedDataset(cache, train_idx, mean=mean, std=std, augment=augment)
+    val_ds = CachedDataset(cache, val_idx, mean=mean, std=std)
     generator = torch.Generator().manual_seed(config.optim.seed)
     train_loader = DataLoader(
         train_ds,
@@ -227,7 +228,7 @@ def train(
     )
 
     # Model, loss, optimiser, schedule.
-    model = build_model(config.model, len(labels)).to(dev, memory_format=torch.channels_last)
+    model = build_model(config.model, len(labels)).to(dev).to(memory_format=torch.channels_last)
     pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight).to(dev)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     optimizer = torch.optim.AdamW(
@@ -358,7 +359,9 @@ def train(
             profile=profile,
             config=config.model_dump(mode="json"),
         )
-        model_uri = tracker.log_model(model.to("cpu", memory_format=torch.contiguous_format), card)
+        model_uri = tracker.log_model(
+            model.to("cpu").to(memory_format=torch.contiguous_format), card
+        )
     log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
     return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch)
 

@@ -144,7 +144,11 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore
         promote(name=MODEL_NAME, version=v1, to_production=True)
         v2 = register_run(_train_tiny(seed=1), MODEL_NAME)
         images = write_synthetic_dataset(
-            root / "holdout", n=24, seed=99, size=96, progress=False,
+            root / "holdout",
+            n=24,
+            seed=99,
+            size=96,
+            progress=False,
             classes=["crack", "black_core", "thick_line", "corner", "fragment"],
         )
     finally:

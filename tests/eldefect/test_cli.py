@@ -12,8 +12,20 @@ from tests.conftest import ModelStore
 def test_help_lists_every_contract_command() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("synth", "train", "evaluate", "promote", "predict", "gateway", "worker",
-                    "beat", "up", "token", "demo", "bench"):
+    for command in (
+        "synth",
+        "train",
+        "evaluate",
+        "promote",
+        "predict",
+        "gateway",
+        "worker",
+        "beat",
+        "up",
+        "token",
+        "demo",
+        "bench",
+    ):
         assert command in result.output, command
 
 

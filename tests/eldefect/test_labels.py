@@ -7,8 +7,18 @@ import pytest
 from eldefect.labels import LabelSetError, available_label_sets, load_label_set
 
 PVEL_AD = (
-    "finger", "crack", "black_core", "thick_line", "horizontal_dislocation", "short_circuit",
-    "vertical_dislocation", "star_crack", "printing_error", "corner", "fragment", "scratch",
+    "finger",
+    "crack",
+    "black_core",
+    "thick_line",
+    "horizontal_dislocation",
+    "short_circuit",
+    "vertical_dislocation",
+    "star_crack",
+    "printing_error",
+    "corner",
+    "fragment",
+    "scratch",
 )
 
 
@@ -19,7 +29,11 @@ def test_default_is_pvel_ad_in_seed_order() -> None:
 def test_shipped_sets() -> None:
     assert {"pvel_ad", "pv_multi_defect", "elpv"} <= set(available_label_sets())
     assert load_label_set("pv_multi_defect").labels == (
-        "hot_spot", "scratch", "black_border", "no_electricity", "broken",
+        "hot_spot",
+        "scratch",
+        "black_border",
+        "no_electricity",
+        "broken",
     )
 
 

@@ -21,8 +21,13 @@ def _voc(root: Path, items: dict[str, list[str] | None]) -> Path:
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "JPEGImages" / f"{stem}.png")
         if names is not None:
             objects = [VocObject(n, (0, 0, 4, 4)) for n in names]
-            write_voc_xml(root / "Annotations" / f"{stem}.xml", filename=stem, width=8, height=8,
-                          objects=objects)
+            write_voc_xml(
+                root / "Annotations" / f"{stem}.xml",
+                filename=stem,
+                width=8,
+                height=8,
+                objects=objects,
+            )
     return root
 
 
@@ -69,5 +74,5 @@ def test_elpv_defective_means_probability_at_least_half(tmp_path: Path) -> None:
 def test_readers_refuse_wrong_layouts(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="JPEGImages"):
         read_voc(tmp_path, LABELS)
-    with pytest.raises(DatasetError, match="labels.csv"):
+    with pytest.raises(DatasetError, match=r"labels\.csv"):
         read_elpv(tmp_path, LabelSet("elpv", ("defective",)))

@@ -22,19 +22,19 @@ def test_synthetic_dataset_is_deterministic_per_seed(tmp_path: Path) -> None:
     c = write_synthetic_dataset(tmp_path / "c", n=6, seed=6, size=64, progress=False)
     files = sorted(p.name for p in (a / "JPEGImages").iterdir())
     assert files == sorted(p.name.replace("_6_", "_5_") for p in (c / "JPEGImages").iterdir())
-    same = [(a / "JPEGImages" / f).read_bytes() == (b / "JPEGImages" / f).read_bytes() for f in files]
-    assert all(same)
-    differs = [
-        (a / "JPEGImages" / f).read_bytes() != (c / "JPEGImages" / f.replace("_5_", "_6_")).read_bytes()
-        for f in files
-    ]
-    assert any(differs)
+
+    def read(root: Path, name: str) -> bytes:
+        return (root / "JPEGImages" / name).read_bytes()
+
+    assert all(read(a, f) == read(b, f) for f in files)
+    assert any(read(a, f) != read(c, f.replace("_5_", "_6_")) for f in files)
 
 
 def test_synthetic_labels_come_from_the_label_set(tmp_path: Path) -> None:
     assert set(DRAWERS) == set(load_label_set().labels)
-    root = write_synthetic_dataset(tmp_path, n=40, seed=0, size=64, classes=["crack", "corner"],
-                                   progress=False)
+    root = write_synthetic_dataset(
+        tmp_path, n=40, seed=0, size=64, classes=["crack", "corner"], progress=False
+    )
     samples, report = read_voc(root, load_label_set())
     targets = np.stack([s.target for s in samples])
     drawn = {load_label_set().labels[i] for i in np.flatnonzero(targets.sum(0))}
@@ -54,7 +54,8 @@ def test_models_map_gray_batches_to_logits(arch: str) -> None:
 def test_seed_cnn_shape() -> None:
     model = build_model(ModelConfig(arch="cnn", width=32, depth=3), num_classes=12)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64), (64, 128), (128, 256)]
+    channels = [(c.in_channels, c.out_channels) for c in convs]
+    assert channels == [(1, 32), (32, 64), (64, 128), (128, 256)]
 
 
 def test_training_and_serving_share_one_preprocessing(tmp_path: Path) -> None:

@@ -87,9 +87,10 @@ def test_registry_round_trip_gives_the_same_probabilities(production_model: Mode
 def test_promotion_moves_staging_only_when_better(production_model: ModelStore) -> None:
     name, v1, v2 = production_model.name, production_model.v1, production_model.v2
     assert resolve_alias(name, PRODUCTION) == v1
-    better = load_card(model_uri(name, v2)).selection_value > load_card(
-        model_uri(name, v1)
-    ).selection_value
+    better = (
+        load_card(model_uri(name, v2)).selection_value
+        > load_card(model_uri(name, v1)).selection_value
+    )
     decision = promote(name=name, version=v2)
     assert (STAGING in decision.moved) == better
     assert resolve_alias(name, PRODUCTION) == v1  # never moved without --to production
@@ -102,7 +103,8 @@ def test_promotion_moves_staging_only_when_better(production_model: ModelStore) 
 def test_register_creates_a_new_version(production_model: ModelStore) -> None:
     import mlflow
 
-    run_id = mlflow.MlflowClient().get_model_version(production_model.name, production_model.v1).run_id
+    client = mlflow.MlflowClient()
+    run_id = client.get_model_version(production_model.name, production_model.v1).run_id
     again = register_run(run_id, production_model.name)
     assert int(again) > int(production_model.v2)
     assert resolve_alias("no_such_model", PRODUCTION) is None
