@@ -178,6 +178,48 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base learning rate, then cosine decay to zero, per step."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, warmup_steps))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def data_loaders(
+    cache: ImageCache, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig
+) -> tuple[DataLoader, DataLoader]:
+    mean, std = config.input.mean, config.input.std
+    augment = build_augmentation(config.augment)  # training split only
+    train_ds = CachedDataset(cache, train_idx, mean=mean, std=std, augment=augment)
+    val_ds = CachedDataset(cache, val_idx, mean=mean, std=std)
+    batch = config.optim.batch_size
+    train_loader = DataLoader(
+        train_ds,
+        batch,
+        shuffle=True,
+        drop_last=len(train_ds) > batch,  # a batch of 1 would break BatchNorm
+        generator=torch.Generator().manual_seed(config.optim.seed),
+    )
+    return train_loader, DataLoader(val_ds, batch * 2)
+
+
+def reference_profile(
+    cache: ImageCache, train_idx: np.ndarray, labels: LabelSet
+) -> dict[str, object]:
+    """What the model saw in training, for drift: input statistics and class positive rates."""
+    rates = cache.targets.numpy()[train_idx].mean(0).tolist()
+    return {
+        "features": feature_profile([cache.stats[i] for i in train_idx]),
+        "positive_rates": dict(zip(labels.labels, rates, strict=True)),
+        "n_images": len(train_idx),
+    }
+
+
 def train(
     config: TrainConfig,
     *,
@@ -196,28 +238,16 @@ def train(
         torch.set_num_threads(config.optim.threads)
     dev = torch.device(device)
     labels = load_label_set(config.data.labels)
-    workdir = workdir or settings.ensure_var_dir()
+    names = list(labels.labels)
 
     # Data: read, split, decode once.
-    samples, report = load_samples(config, labels, data_root, workdir)
+    samples, report = load_samples(config, labels, data_root, workdir or settings.ensure_var_dir())
     cache = ImageCache.build(
         samples, config.input.size, max_pixels=settings.max_image_pixels, progress=progress
     )
-    targets = cache.targets.numpy()
+    targets = cache.targets.numpy()  # (N, C)
     train_idx, val_idx = stratified_split(targets, config.data.val_fraction, config.data.split_seed)
-    mean, std = config.input.mean, config.input.std
-    augment = build_augmentation(config.augment)
-    train_ds = CachedDataset(cache, train_idx, mean=mean, std=std, augment=augment)
-    val_ds = CachedDataset(cache, val_idx, mean=mean, std=std)
-    generator = torch.Generator().manual_seed(config.optim.seed)
-    train_loader = DataLoader(
-        train_ds,
-        config.optim.batch_size,
-        shuffle=True,
-        drop_last=len(train_ds) > config.optim.batch_size,
-        generator=generator,
-    )
-    val_loader = DataLoader(val_ds, config.optim.batch_size * 2)
+    train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config)
     log.info(
         "data: %s; %d train / %d val; positives train %s val %s",
         report.summary(),
@@ -234,16 +264,10 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
-    steps_per_epoch = len(train_loader)
-    total_steps = config.optim.epochs * steps_per_epoch
-    warmup = int(config.optim.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    scheduler = warmup_cosine(
         optimizer,
-        lambda step: (
-            min(1.0, (step + 1) / max(1, warmup))
-            * 0.5
-            * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
-        ),
+        warmup_steps=int(config.optim.warmup_epochs * len(train_loader)),
+        total_steps=config.optim.epochs * len(train_loader),
     )
 
     metric = config.optim.selection_metric
@@ -267,72 +291,44 @@ def train(
         )
         for epoch in epochs:
             train_loss, throughput = train_one_epoch(
-                model,
-                train_loader,
-                criterion,
-                optimizer,
-                scheduler,
-                dev,
-                epoch=epoch,
-                progress=progress,
-            )
-            val = evaluate(model, val_loader, criterion, dev)
-            metrics, thresholds = score(val, labels, config)
+                model, train_loader, criterion, optimizer, scheduler, dev,
+                epoch=epoch, progress=progress,
+            )  # fmt: skip
+            metrics, thresholds = score(evaluate(model, val_loader, criterion, dev), labels, config)
             metrics |= {"train_loss": train_loss, "train_images_per_s": throughput}
             tracker.log_metrics(metrics, step=epoch)
-            improved = metrics[metric] > best_value
-            if improved:
+            if metrics[metric] > best_value:
                 best_value, best_epoch, best_thresholds = metrics[metric], epoch, thresholds
                 best_state = copy.deepcopy(model.state_dict())
-            epochs.set_postfix(
-                loss=f"{train_loss:.4f}",
-                **{metric: f"{metrics[metric]:.4f}"},
-                best=f"{best_value:.4f}@{best_epoch}",
-            )
+            epochs.set_postfix(loss=f"{train_loss:.4f}", best=f"{best_value:.4f}@{best_epoch}")
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f %s %.4f (best %.4f @ %d) %.1f img/s",
-                epoch,
-                train_loss,
-                metrics["val_loss"],
-                metric,
-                metrics[metric],
-                best_value,
-                best_epoch,
-                throughput,
-            )
+                epoch, train_loss, metrics["val_loss"], metric, metrics[metric],
+                best_value, best_epoch, throughput,
+            )  # fmt: skip
             if epoch >= config.optim.min_epochs and epoch - best_epoch >= config.optim.patience:
-                log.info(
-                    "early stop: no %s improvement for %d epochs", metric, config.optim.patience
-                )
+                log.info("early stop: no %s gain for %d epochs", metric, config.optim.patience)
                 break
-            if (
-                config.optim.max_minutes
-                and time.perf_counter() - started > 60 * config.optim.max_minutes
-            ):
+            minutes = (time.perf_counter() - started) / 60
+            if config.optim.max_minutes and minutes > config.optim.max_minutes:
                 log.info("stopping: max_minutes=%s reached", config.optim.max_minutes)
                 break
 
-        # The kept model: best epoch's weights, scored again so every number is its own.
+        # The kept model: the best epoch's weights, scored again so every number is its own.
         model.load_state_dict(best_state)
         final = evaluate(model, val_loader, criterion, dev)
-        names = list(labels.labels)
+        final_metrics, _ = score(final, labels, config)
         per_class = per_class_metrics(final.probs, final.targets, names, best_thresholds)
         at_half = per_class_metrics(final.probs, final.targets, names, dict.fromkeys(names, 0.5))
-        final_metrics, _ = score(final, labels, config)
-        summary = (
-            {f"best_{k}": v for k, v in final_metrics.items()}
-            | {
-                "best_epoch": best_epoch,
-                "train_minutes": (time.perf_counter() - started) / 60,
-            }
-            | peak_memory_mb(dev)
-        )
+        summary = {f"best_{k}": v for k, v in final_metrics.items()} | {
+            "best_epoch": best_epoch,
+            "train_minutes": (time.perf_counter() - started) / 60,
+        }
+        summary |= peak_memory_mb(dev)
         for name, m in per_class.items():
-            summary |= {
-                f"best_val_ap_{name}": m.ap,
-                f"best_val_recall_{name}": m.recall,
-                f"best_val_precision_{name}": m.precision,
-            }
+            summary[f"best_val_ap_{name}"] = m.ap
+            summary[f"best_val_recall_{name}"] = m.recall
+            summary[f"best_val_precision_{name}"] = m.precision
         tracker.log_metrics(summary)
         table = (
             format_table(per_class, "validation, tuned thresholds")
@@ -341,15 +337,9 @@ def train(
         )
         tracker.log_text(table, "val_metrics.txt")
         tracker.log_dict(best_thresholds, "thresholds.json")
-
-        train_stats = [cache.stats[i] for i in train_idx]
-        profile = {
-            "features": feature_profile(train_stats),
-            "positive_rates": dict(zip(names, targets[train_idx].mean(0).tolist(), strict=True)),
-            "n_images": len(train_idx),
-        }
-        tracker.log_dict(profile, "reference_profile.json")
         tracker.log_dict({"labels": names}, "labels.json")
+        profile = reference_profile(cache, train_idx, labels)
+        tracker.log_dict(profile, "reference_profile.json")
         card = ModelCard(
             labels=names,
             input={"size": config.input.size, "mean": config.input.mean, "std": config.input.std},
@@ -359,9 +349,8 @@ def train(
             profile=profile,
             config=config.model_dump(mode="json"),
         )
-        model_uri = tracker.log_model(
-            model.to("cpu").to(memory_format=torch.contiguous_format), card
-        )
+        cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
+        model_uri = tracker.log_model(cpu_model, card)
     log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
     return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch)
 
