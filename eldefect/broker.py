@@ -13,6 +13,7 @@ from typing import Any
 from eldefect.settings import Settings
 
 INFER_TASK = "eldefect.infer"
+SWEEP_TASK = "eldefect.sweep"
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:
@@ -45,6 +46,10 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(processed),
             "store_processed": False,
             "polling_interval": settings.broker_poll_interval_s,
+            # kombu keeps exchange tables (the fanout bindings of remote-control broadcasts)
+            # here; it defaults to ./control, relative to whatever the current directory is.
             "control_folder": str(control),
         }
+        # kombu's transport with atomic writes and a reader that survives torn messages.
+        options["broker_transport"] = "eldefect.fs_transport:Transport"
     return options

@@ -38,21 +38,26 @@ class ImageInfo:
     mode: str
 
 
+Image.init()  # register every decoder plugin, so `formats=` can name TIFF
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty_file", "the upload is empty (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        # Only our formats' decoders ever look at untrusted bytes.
+        img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageDecodeError(
             "unsupported_media_type",
             f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
         ) from None
-    if img.format not in SUPPORTED_FORMATS:
+    frames = int(getattr(img, "n_frames", 1))
+    # Pillow names a JPEG with a multi-picture (MPF) segment, as cameras write, "MPO": its
+    # first frame is the photograph.
+    if frames > 1 and img.format != "MPO":
         raise ImageDecodeError(
-            "unsupported_media_type",
-            f"image format {img.format} is not supported; use one of "
-            f"{', '.join(SUPPORTED_FORMATS)}",
+            "invalid_image", f"the {img.format} file holds {frames} frames; send one image per file"
         )
     width, height = img.size
     if width < 1 or height < 1:
@@ -68,7 +73,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     """Check the header (format, size, pixel limit) without decoding the pixel data."""
     img = _open(data, max_pixels)
-    return ImageInfo(format=str(img.format), width=img.size[0], height=img.size[1], mode=img.mode)
+    fmt = "JPEG" if img.format == "MPO" else str(img.format)
+    return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
 
 
 def _to_unit_gray(img: Image.Image) -> np.ndarray:
@@ -99,8 +105,10 @@ def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
         img.load()
         img = ImageOps.exif_transpose(img)
         gray = _to_unit_gray(img)
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow reports truncation as OSError
+    except Exception as exc:  # untrusted bytes: any decoder failure is the image's fault
         raise ImageDecodeError(
             "corrupt_image", f"the image data cannot be decoded: {exc}"
         ) from None
+    if not np.isfinite(gray).all():  # float TIFFs can carry NaN or Inf
+        raise ImageDecodeError("invalid_image", "the image has pixels that are not finite numbers")
     return np.ascontiguousarray(gray, dtype=np.float32)

@@ -7,6 +7,7 @@ probabilities within `ONNX_TOLERANCE` on a check batch, torch otherwise (and alw
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -51,8 +52,10 @@ class OnnxRunner:
         for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # per-pass INFO lines
             logging.getLogger(noisy).setLevel(logging.WARNING)
         example = torch.zeros(2, 1, size, size)
+        # A copy: the export must not change the memory format of the model torch serves.
+        exportable = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
         program = torch.onnx.export(
-            model.to("cpu").to(memory_format=torch.contiguous_format).eval(),
+            exportable.eval(),
             (example,),
             dynamo=True,
             input_names=["input"],

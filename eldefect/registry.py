@@ -100,9 +100,22 @@ def load_model(
 ) -> tuple[Any, ModelCard]:
     """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc."""
     _client(tracking_uri)
+    model_uri = _pin_alias(model_uri, tracking_uri)
     model = mlflow.pytorch.load_model(model_uri, map_location=device)
     model.eval()
     return model, load_card(model_uri)
+
+
+def _pin_alias(uri: str, tracking_uri: str | None) -> str:
+    """models:/NAME@alias -> models:/NAME/VERSION, so weights and card come from one version
+    even when a promotion moves the alias between the two reads."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return uri
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    version = resolve_alias(name, alias, tracking_uri)
+    if version is None:
+        raise MlflowException(f"no model version under {uri}")
+    return model_uri(name, version)
 
 
 def model_uri(name: str, version: str) -> str:

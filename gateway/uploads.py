@@ -70,7 +70,4 @@ def validate_image(
     except ImageDecodeError as exc:
         status = _STATUS.get(exc.code, 422)
         raise UploadRefused(status, exc.code, _named(label, exc.message)) from None
-    except (OSError, SyntaxError, ValueError, IndexError) as exc:  # a decoder plugin gave up
-        message = f"the image data cannot be decoded: {exc}"
-        raise UploadRefused(422, "corrupt_image", _named(label, message)) from None
     return NewImage(data=data, meta=info, filename=filename, module_id=module_id, cell_id=cell_id)

@@ -8,13 +8,13 @@ and a lost or duplicated message costs latency, never a job.
 from __future__ import annotations
 
 import enum
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
+from eldefect.broker import INFER_TASK, SWEEP_TASK, broker_options
 from eldefect.settings import Settings, get_settings
 
 
@@ -28,10 +28,6 @@ class Queue(enum.StrEnum):
     MAINTENANCE = "maintenance"
 
 
-INFER_TASK = "eldefect.infer"
-SWEEP_TASK = "eldefect.sweep"
-
-
 def _kombu_queue(name: str) -> KombuQueue:
     # The same shape Celery gives a queue it creates on demand, so that the gateway's
     # `send_task(..., queue="inference.cpu")` and the worker's consumer meet in the middle.
@@ -40,21 +36,10 @@ def _kombu_queue(name: str) -> KombuQueue:
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration for these settings (a plain dict, so tests can inspect it)."""
-    from eldefect.broker import broker_options
     from workers.schedule import beat_schedule
 
-    broker = broker_options(settings)
-    transport = broker.get("broker_transport_options")
-    if settings.uses_embedded_broker and isinstance(transport, dict):
-        # kombu keeps the filesystem transport's exchange tables (the fanout bindings that
-        # carry remote-control broadcasts) in `control_folder`, relative to the current
-        # directory unless set: keep them under var/ with the queue.
-        queue_folder = Path(transport["data_folder_in"])
-        transport.setdefault("control_folder", str(queue_folder.parent / "control"))
-        # The same transport with atomic writes and a reader that survives torn messages.
-        broker["broker_transport"] = "workers.fs_transport:Transport"
     return {
-        **broker,
+        **broker_options(settings),
         "broker_connection_retry_on_startup": True,
         # Job state lives in the database; nobody reads task results.
         "result_backend": None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import OperationalError
 
 from db import lifecycle
 from db.session import session_scope
@@ -26,6 +27,7 @@ from workers.model_cache import ServingModel
 log = logging.getLogger(__name__)
 
 INFERENCE_ERROR = "inference_error"
+INTERNAL_ERROR = "internal_error"
 _POLL_S = 0.01  # how often a batch that is not full looks for more jobs within batch_wait_ms
 
 
@@ -116,11 +118,12 @@ def process_batch(
     """Run one batch; a no-op when no job is queued (e.g. a redelivered message)."""
     model = model_source()  # before claiming: without a model, jobs stay queued for others
     report = BatchReport(model_version=str(model.version))
-    jobs = claim_batch(settings=settings, prefer=prefer)
-    report.claimed = [job.id for job in jobs]
-    if not jobs:
-        return report
+    jobs: list[lifecycle.ClaimedJob] = []
     try:
+        jobs = claim_batch(settings=settings, prefer=prefer)
+        report.claimed = [job.id for job in jobs]
+        if not jobs:
+            return report
         ready, errors = _decode(jobs, max_pixels=settings.max_image_pixels)
         outcomes: list[lifecycle.JobOutcome] = []
         if ready:
@@ -151,7 +154,13 @@ def process_batch(
                 model_version=str(model.version),
             )
             report.failed = lifecycle.fail_jobs(session=session, errors=errors)
-    except BaseException:
+    except OperationalError:  # transient (the task retries): another try for these jobs
+        _release(settings, report.claimed)
+        raise
+    except Exception as exc:  # a retry would fail the same way: end these jobs, do not loop
+        _fail_internal(settings, report.claimed, exc)
+        raise
+    except BaseException:  # the worker is stopping: hand the jobs back now
         _release(settings, report.claimed)
         raise
     log.info(
@@ -164,6 +173,18 @@ def process_batch(
         model.version,
     )
     return report
+
+
+def _fail_internal(settings: Settings, job_ids: list[str], exc: Exception) -> None:
+    log.exception("batch of %d failed; failing its jobs", len(job_ids))
+    message = f"the worker could not finish this job ({type(exc).__name__})"
+    try:
+        with session_scope(settings.database_url) as session:
+            lifecycle.fail_jobs(
+                session=session, errors=dict.fromkeys(job_ids, (INTERNAL_ERROR, message))
+            )
+    except Exception:  # the lease runs out and the sweep retries, up to max_attempts
+        log.warning("could not fail %d jobs; the sweep will retry them", len(job_ids))
 
 
 def _release(settings: Settings, job_ids: list[str]) -> None:
@@ -183,7 +204,8 @@ def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle
             requeue_after_s=settings.requeue_after_s,
             max_attempts=settings.max_attempts,
         )
-    for job_id in report.to_enqueue:
+    # One wake-up per batch: a batch claims the oldest queued jobs, whichever message woke it.
+    for job_id in report.to_enqueue[:: settings.batch_size]:
         send(job_id)
     if report.to_enqueue or report.failed:
         log.warning(

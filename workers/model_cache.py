@@ -63,6 +63,7 @@ class ModelCache:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._failed_version: str | None = None  # do not retry a broken version every check
         self.swaps = 0
 
@@ -86,13 +87,14 @@ class ModelCache:
             return self._current
 
     def start(self) -> None:
-        """Start the background checker (idempotent)."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="eldefect-model-check", daemon=True
-            )
-            self._thread.start()
+        """Start the background checker (idempotent, also from several threads at once)."""
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="eldefect-model-check", daemon=True
+                )
+                self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

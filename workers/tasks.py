@@ -9,9 +9,10 @@ from typing import Any
 from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
+from eldefect.broker import INFER_TASK, SWEEP_TASK
 from eldefect.settings import get_settings
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
-from workers.app import INFER_TASK, SWEEP_TASK, app
+from workers.app import app
 from workers.inference import process_batch, run_sweep
 from workers.model_cache import ModelUnavailableError, get_model_cache
 

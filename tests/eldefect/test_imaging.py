@@ -80,3 +80,26 @@ def test_inspect_reads_only_the_header() -> None:
     assert (info.format, info.width, info.height) == ("PNG", 300, 200)
     with pytest.raises(ImageDecodeError, match="30000x30000"):
         inspect_image(png_header_only(30000, 30000), max_pixels=LIMIT)
+
+
+def test_gif_is_refused_as_unsupported() -> None:
+    with pytest.raises(ImageDecodeError) as err:
+        decode_gray(encode(np.zeros((8, 8), np.uint8), "GIF"), max_pixels=LIMIT)
+    assert err.value.code == "unsupported_media_type"
+
+
+def test_multi_frame_tiff_is_refused() -> None:
+    frames = [Image.fromarray(np.zeros((8, 8), np.uint8)) for _ in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageDecodeError, match="2 frames") as err:
+        decode_gray(buf.getvalue(), max_pixels=LIMIT)
+    assert err.value.code == "invalid_image"
+
+
+def test_float_tiff_with_nan_is_refused() -> None:
+    pixels = np.full((8, 8), 0.5, np.float32)
+    pixels[0, 0] = np.nan
+    with pytest.raises(ImageDecodeError, match="not finite") as err:
+        decode_gray(encode(pixels, "TIFF"), max_pixels=LIMIT)
+    assert err.value.code == "invalid_image"

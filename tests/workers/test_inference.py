@@ -149,8 +149,27 @@ def test_a_database_error_hands_the_batch_back(
     assert sorted(report.succeeded) == sorted(ids)
 
 
-def test_run_sweep_sends_a_message_per_requeued_job(db_url: str) -> None:
-    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+def test_run_sweep_sends_one_wake_up_per_batch_of_requeued_jobs(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(i) for i in range(5)])
     sent: list[str] = []
-    report = run_sweep(settings=settings_for(db_url, requeue_after_s=0.001), send=sent.append)
-    assert sorted(sent) == sorted(ids) == sorted(report.requeued_stale)
+    settings = settings_for(db_url, requeue_after_s=0.001, batch_size=2)
+    report = run_sweep(settings=settings, send=sent.append)
+    assert sorted(report.requeued_stale) == sorted(ids)
+    assert len(sent) == 3 and set(sent) <= set(ids)  # ceil(5 / 2) batches cover all five
+
+
+def test_a_non_transient_error_fails_the_batch_instead_of_looping(db_url: str) -> None:
+    """An error a retry would repeat (here: a model whose result shape is wrong) ends the
+    claimed jobs as failed, so they cannot cycle between queued and running forever."""
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+
+    class WrongShape(FakeModel):
+        def result(self, probs_row: np.ndarray) -> dict[str, Any]:
+            raise ValueError("3 labels for 2 outputs")
+
+    with pytest.raises(ValueError):
+        process_batch(settings=settings_for(db_url), model_source=WrongShape)
+    with session_scope(db_url) as session:
+        jobs = [session.get(Job, i) for i in ids]
+        assert all(j is not None and j.status == JobStatus.failed for j in jobs)
+        assert {j.error_code for j in jobs if j is not None} == {"internal_error"}

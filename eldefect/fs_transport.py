@@ -8,7 +8,7 @@ writing while a worker polls every 20 ms this happens within minutes.
 This transport (selected through `broker_transport` when the URL is `filesystem://`):
 - writes atomically: the payload goes to a `.tmp` name that no reader matches, then an
   os.replace puts it in place, so what workers and beat send is never seen half-written;
-- reads defensively, for writers still using plain kombu (the gateway): an empty file is left
+- reads defensively, for writers still using plain kombu: an empty file is left
   for the next poll, the reader takes a shared lock (the writer holds an exclusive one while
   writing) before reading, and a file that still does not parse is logged and dropped, never
   fatal. Dropping is safe because messages are only wake-ups: the sweep re-sends the job.
