@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Response, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from db import jobs as crud
 from db.jobs import NewImage
@@ -79,7 +79,7 @@ def submit_batch(
 def read_batch(
     station: CurrentStation,
     session: SessionDep,
-    batch_id: Annotated[str, Path(max_length=64)],
+    batch_id: str,
 ) -> BatchPublic:
     """Read a batch with the current state of each of its jobs."""
     batch = crud.get_batch_for_station(session=session, batch_id=batch_id, station_id=station.id)

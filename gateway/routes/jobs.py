@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from db import jobs as crud
@@ -102,7 +102,7 @@ async def read_job(
     station: CurrentStation,
     settings: SettingsDep,
     watcher: WatcherDep,
-    job_id: Annotated[str, Path(max_length=64)],
+    job_id: str,
     wait: Annotated[
         float,
         Query(

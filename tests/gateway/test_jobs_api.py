@@ -217,6 +217,7 @@ def test_another_stations_job_is_404(client: TestClient, auth: dict[str, str]) -
 
     assert_error(client.get(f"/v1/jobs/{job_id}", headers=other), 404, "job_not_found")
     assert_error(client.get("/v1/jobs/0123456789abcdef", headers=auth), 404, "job_not_found")
+    assert_error(client.get("/v1/jobs/" + "x" * 300, headers=auth), 404, "job_not_found")
 
 
 BAD_INPUTS = {
