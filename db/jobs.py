@@ -146,11 +146,7 @@ def create_job(
     *,
     session: Session,
     station_id: str,
-    image: bytes,
-    info: ImageMeta,
-    module_id: str | None = None,
-    cell_id: str | None = None,
-    filename: str | None = None,
+    upload: NewImage,
     idempotency_key: str | None = None,
     batch_id: str | None = None,
     batch_position: int | None = None,
@@ -162,14 +158,15 @@ def create_job(
         batch_id=batch_id,
         batch_position=batch_position,
         status=JobStatus.queued,
-        module_id=module_id,
-        cell_id=cell_id,
-        filename=filename,
+        module_id=upload.module_id,
+        cell_id=upload.cell_id,
+        filename=upload.filename,
         idempotency_key=idempotency_key,
         created_at=now,
         enqueued_at=now,
     )
-    job.image = JobImage(data=image, format=info.format, width=info.width, height=info.height)
+    meta = upload.meta
+    job.image = JobImage(data=upload.data, format=meta.format, width=meta.width, height=meta.height)
     session.add(job)
     session.flush()
     return job
@@ -205,14 +202,7 @@ def submit_job(
             return existing, False
     try:
         job = create_job(
-            session=session,
-            station_id=station_id,
-            image=upload.data,
-            info=upload.meta,
-            module_id=upload.module_id,
-            cell_id=upload.cell_id,
-            filename=upload.filename,
-            idempotency_key=idempotency_key,
+            session=session, station_id=station_id, upload=upload, idempotency_key=idempotency_key
         )
         session.commit()
     except IntegrityError:
@@ -239,11 +229,7 @@ def create_batch(
         create_job(
             session=session,
             station_id=station_id,
-            image=upload.data,
-            info=upload.meta,
-            module_id=upload.module_id,
-            cell_id=upload.cell_id,
-            filename=upload.filename,
+            upload=upload,
             batch_id=batch.id,
             batch_position=position,
         )

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from fastapi import UploadFile
+
 from db.jobs import NewImage
+from eldefect.settings import Settings
 from gateway.errors import ApiError
 
 # ImageDecodeError.code -> HTTP status.
@@ -71,3 +74,24 @@ def validate_image(
         status = _STATUS.get(exc.code, 422)
         raise UploadRefused(status, exc.code, _named(label, exc.message)) from None
     return NewImage(data=data, meta=info, filename=filename, module_id=module_id, cell_id=cell_id)
+
+
+def receive_upload(
+    file: UploadFile,
+    *,
+    settings: Settings,
+    index: int | None = None,
+    module_id: str | None = None,
+    cell_id: str | None = None,
+) -> NewImage:
+    """Read and validate one multipart file (raises UploadRefused)."""
+    label = label_for(file.filename, index)
+    data = read_limited(file.file, max_bytes=settings.max_upload_bytes, label=label)
+    return validate_image(
+        data,
+        max_pixels=settings.max_image_pixels,
+        label=label,
+        filename=file.filename,
+        module_id=module_id,
+        cell_id=cell_id,
+    )

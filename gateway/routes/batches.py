@@ -12,7 +12,7 @@ from gateway.deps import CurrentStation, EnqueuerDep, SessionDep, SettingsDep
 from gateway.errors import ApiError
 from gateway.metrics import JOBS_ACCEPTED, JOBS_REFUSED
 from gateway.schemas import BatchPublic, JobPublic, error_responses
-from gateway.uploads import UploadRefused, label_for, read_limited, validate_image
+from gateway.uploads import UploadRefused, receive_upload
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -52,22 +52,15 @@ def submit_batch(
         )
     uploads: list[NewImage] = []
     for index, file in enumerate(files):
-        label = label_for(file.filename, index)
         try:
-            data = read_limited(file.file, max_bytes=settings.max_upload_bytes, label=label)
-            upload = validate_image(
-                data,
-                max_pixels=settings.max_image_pixels,
-                label=label,
-                filename=file.filename,
-                module_id=module_id,
+            uploads.append(
+                receive_upload(file, settings=settings, index=index, module_id=module_id)
             )
         except UploadRefused as exc:
             JOBS_REFUSED.labels(reason=exc.code).inc()
             raise UploadRefused(
                 exc.status_code, exc.code, f"batch refused, no jobs made: {exc.message}"
             ) from None
-        uploads.append(upload)
     batch, jobs = crud.create_batch(session=session, station_id=station.id, uploads=uploads)
     JOBS_ACCEPTED.labels(endpoint="batches").inc(len(jobs))
     enqueuer.send([job.id for job in jobs])

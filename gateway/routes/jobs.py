@@ -13,7 +13,7 @@ from gateway.deps import CurrentStation, EnqueuerDep, SessionDep, SettingsDep, W
 from gateway.errors import ApiError
 from gateway.metrics import JOBS_ACCEPTED, JOBS_REFUSED
 from gateway.schemas import JobPublic, error_responses
-from gateway.uploads import UploadRefused, label_for, read_limited, validate_image
+from gateway.uploads import UploadRefused, receive_upload
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -66,16 +66,7 @@ def submit_job(
             response.headers["Location"] = f"/v1/jobs/{first.id}"
             return JobPublic.from_job(first)
     try:
-        label = label_for(file.filename)
-        data = read_limited(file.file, max_bytes=settings.max_upload_bytes, label=label)
-        upload = validate_image(
-            data,
-            max_pixels=settings.max_image_pixels,
-            label=label,
-            filename=file.filename,
-            module_id=module_id,
-            cell_id=cell_id,
-        )
+        upload = receive_upload(file, settings=settings, module_id=module_id, cell_id=cell_id)
     except UploadRefused as exc:
         JOBS_REFUSED.labels(reason=exc.code).inc()
         raise

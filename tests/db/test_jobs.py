@@ -71,7 +71,9 @@ def test_submit_job_writes_job_and_image_together(session: Session) -> None:
 
 def test_create_job_rolled_back_leaves_neither_row(session: Session) -> None:
     station = crud.get_or_create_station(session=session, name="line-1")
-    crud.create_job(session=session, station_id=station.id, image=b"x", info=Meta())
+    crud.create_job(
+        session=session, station_id=station.id, upload=crud.NewImage(data=b"x", meta=Meta())
+    )
     session.rollback()
 
     assert session.scalar(select(func.count()).select_from(Job)) == 0
