@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +27,11 @@ DESCRIPTION = """Submit electroluminescence images of solar cells, get defect pr
 Every error answers `{"error": {"code": "<snake_case>", "message": "..."}}`."""
 
 
+def _warm_up() -> None:
+    for module in ("mlflow.tracking", "celery", "eldefect.imaging"):
+        importlib.import_module(module)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     enqueuer = Enqueuer(settings)
@@ -34,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Import MLflow and Celery in the background now, so that the first /readyz or
+        # upload does not pay seconds of imports (and time out) on a busy machine.
+        threading.Thread(target=_warm_up, name="eldefect-warm-up", daemon=True).start()
         yield
         await watcher.stop()
         enqueuer.close()
