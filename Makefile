@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy eldefect db gateway workers monitoring
+	$(BIN)/mypy eldefect db gateway workers
 
 format: $(STAMP)
 	$(BIN)/ruff format .
