@@ -53,8 +53,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
         ) from None
     frames = int(getattr(img, "n_frames", 1))
-    # Pillow names a JPEG with a multi-picture (MPF) segment, as cameras write, "MPO": its
-    # first frame is the photograph.
+    # An MPO (a camera JPEG with a multi-picture segment): its first frame is the photograph.
     if frames > 1 and img.format != "MPO":
         raise ImageDecodeError(
             "invalid_image", f"the {img.format} file holds {frames} frames; send one image per file"
@@ -68,13 +67,6 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
     return img
-
-
-def inspect_image(data: bytes, *, max_pixels: int) -> ImageInfo:
-    """Check the header (format, size, pixel limit) without decoding the pixel data."""
-    img = _open(data, max_pixels)
-    fmt = "JPEG" if img.format == "MPO" else str(img.format)
-    return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
 
 
 def _to_unit_gray(img: Image.Image) -> np.ndarray:
@@ -98,17 +90,42 @@ def _to_unit_gray(img: Image.Image) -> np.ndarray:
     return rgb @ _LUMA
 
 
-def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation."""
+def _load(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """Open, check and fully decode (native pixel mode), upright per EXIF orientation.
+
+    Returns the image and its format name (the upright copy no longer carries it).
+    """
     img = _open(data, max_pixels)
+    # Pillow names a JPEG with a multi-picture (MPF) segment, as cameras write, "MPO".
+    fmt = "JPEG" if img.format == "MPO" else str(img.format)
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
-        gray = _to_unit_gray(img)
+        return ImageOps.exif_transpose(img), fmt
     except Exception as exc:  # untrusted bytes: any decoder failure is the image's fault
-        raise ImageDecodeError(
-            "corrupt_image", f"the image data cannot be decoded: {exc}"
-        ) from None
-    if not np.isfinite(gray).all():  # float TIFFs can carry NaN or Inf
+        message = f"the image data cannot be decoded: {exc}"
+        raise ImageDecodeError("corrupt_image", message) from None
+
+
+def _check_finite(pixels: np.ndarray) -> None:
+    if not np.isfinite(pixels).all():  # float TIFFs can carry NaN or Inf
         raise ImageDecodeError("invalid_image", "the image has pixels that are not finite numbers")
+
+
+def verify_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """Everything `decode_gray` would refuse, refused, without its float conversion.
+
+    The gateway's check: a truncated file fails here, and memory stays at the native pixel
+    size (a quarter of a float32 RGB copy).
+    """
+    img, fmt = _load(data, max_pixels)
+    if img.mode == "F":
+        _check_finite(np.asarray(img))
+    return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
+
+
+def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation."""
+    img, _format = _load(data, max_pixels)
+    gray = _to_unit_gray(img)
+    _check_finite(gray)
     return np.ascontiguousarray(gray, dtype=np.float32)

@@ -1,13 +1,15 @@
 """Upload validation: every check runs before a job exists, so a refused file makes no job.
 
-The bytes decide, never the declared content type: the header is sniffed by
-`eldefect.imaging.inspect_image` (format, pixel count) and the pixels are fully decoded by
-`decode_gray`, the same decoder the worker uses, so a truncated file is refused here.
+The bytes decide, never the declared content type: `eldefect.imaging.verify_image` sniffs
+the header (format, pixel count) and then fully decodes the pixels with the decoders the
+worker uses, so a truncated file is refused here.
 `eldefect.imaging` (numpy, Pillow) is imported on the first upload, not when the app starts.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import BinaryIO
 
 from fastapi import UploadFile
@@ -15,6 +17,10 @@ from fastapi import UploadFile
 from db.jobs import NewImage
 from eldefect.settings import Settings
 from gateway.errors import ApiError
+
+# Full decodes at a time: each can hold a large image's pixels; more than the cores cannot
+# finish sooner, only hold more memory at once.
+_DECODE_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 2)
 
 # ImageDecodeError.code -> HTTP status.
 _STATUS = {
@@ -65,11 +71,11 @@ def validate_image(
     cell_id: str | None = None,
 ) -> NewImage:
     """Check the bytes are one intact, supported image within the pixel limit."""
-    from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
+    from eldefect.imaging import ImageDecodeError, verify_image
 
     try:
-        info = inspect_image(data, max_pixels=max_pixels)
-        decode_gray(data, max_pixels=max_pixels)
+        with _DECODE_SLOTS:
+            info = verify_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         status = _STATUS.get(exc.code, 422)
         raise UploadRefused(status, exc.code, _named(label, exc.message)) from None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eldefect.imaging import ImageDecodeError, decode_gray, inspect_image
+from eldefect.imaging import ImageDecodeError, decode_gray, verify_image
 from tests.eldefect.images import encode, gradient, png_header_only
 
 LIMIT = 10_000_000
@@ -75,11 +75,20 @@ def test_truncated_image_is_corrupt(fmt: str) -> None:
     assert err.value.code == "corrupt_image"
 
 
-def test_inspect_reads_only_the_header() -> None:
-    info = inspect_image(png_header_only(300, 200), max_pixels=LIMIT)
-    assert (info.format, info.width, info.height) == ("PNG", 300, 200)
+def test_verify_refuses_what_decode_refuses_and_reports_the_size() -> None:
+    pixels = (gradient() * 65535).astype(np.uint16)
+    info = verify_image(encode(pixels, "PNG"), max_pixels=LIMIT)
+    assert (info.format, info.width, info.height) == ("PNG", 60, 40)
+    # The pixel limit is checked on the header, before any pixel data is read.
     with pytest.raises(ImageDecodeError, match="30000x30000"):
-        inspect_image(png_header_only(30000, 30000), max_pixels=LIMIT)
+        verify_image(png_header_only(30000, 30000), max_pixels=LIMIT)
+    data = encode(pixels, "PNG")
+    with pytest.raises(ImageDecodeError) as err:
+        verify_image(data[: len(data) // 2], max_pixels=LIMIT)
+    assert err.value.code == "corrupt_image"
+    nan = np.full((8, 8), np.nan, np.float32)
+    with pytest.raises(ImageDecodeError, match="not finite"):
+        verify_image(encode(nan, "TIFF"), max_pixels=LIMIT)
 
 
 def test_gif_is_refused_as_unsupported() -> None:
