@@ -18,6 +18,19 @@ from eldefect.settings import get_settings
 PLUGIN_GROUP = "eldefect.commands"
 
 
+def _is_user_error(exc: Exception) -> bool:
+    """Errors that say what the user gave wrong (a path, a config, a model name)."""
+    from mlflow.exceptions import MlflowException  # only on the error path: MLflow is slow
+
+    from eldefect.config import ConfigError
+    from eldefect.data.readers import DatasetError
+    from eldefect.imaging import ImageDecodeError
+    from eldefect.labels import LabelSetError
+
+    user_errors = (ConfigError, DatasetError, ImageDecodeError, LabelSetError, MlflowException)
+    return isinstance(exc, user_errors)
+
+
 class EldefectCLI(click.Group):
     """A click group that also lists the commands other packages register by entry point."""
 
@@ -26,6 +39,14 @@ class EldefectCLI(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if _is_user_error(exc):  # a clear one-line message instead of a traceback
+                raise click.ClickException(str(exc)) from None
+            raise
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)

@@ -74,3 +74,12 @@ def test_bench_reports_each_backend() -> None:
     assert result.exit_code == 0, result.output
     for backend in ("torch eager", "torch channels_last", "onnxruntime"):
         assert backend in result.output
+
+
+def test_user_errors_are_one_clear_line(tmp_path: Path, settings_env: Path) -> None:
+    config = Path(__file__).parents[2] / "configs/train/pv_multi_defect.yaml"
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--data", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is not a Pascal VOC folder" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["promote", "--version", "7"])
+    assert result.exit_code == 1 and "Error:" in result.output
