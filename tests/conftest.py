@@ -55,6 +55,21 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database migrated to the head revision, once on SQLite, once on PostgreSQL."""
+    from db.migrate import upgrade
+    from db.session import get_engine
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/jobs.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    yield url
+    get_engine(url).dispose()
+
+
 @pytest.fixture
 def redis_url() -> str:
     """The real Redis server, on a database number of its own for this test, flushed first."""

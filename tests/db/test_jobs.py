@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
-from db.migrate import upgrade
 from db.models import Job, JobImage, JobStatus, StationToken
 from db.session import get_sessionmaker
 
@@ -28,14 +26,9 @@ def new_image(data: bytes = b"png-bytes", **fields: str) -> crud.NewImage:
     return crud.NewImage(data=data, meta=Meta(), **fields)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/jobs.db"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade(url)
-    with get_sessionmaker(url)() as s:
+@pytest.fixture
+def session(db_url: str) -> Iterator[Session]:
+    with get_sessionmaker(db_url)() as s:
         yield s
 
 

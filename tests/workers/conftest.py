@@ -1,4 +1,4 @@
-"""Fixtures for worker tests: a database with the schema, on SQLite and on PostgreSQL."""
+"""Fixtures for worker tests (the database comes from tests/conftest.py: `db_url`)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from db.models import Base
-from db.session import get_engine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database with the schema, once on SQLite and once on PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/jobs.db"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    engine = get_engine(url)
-    Base.metadata.create_all(engine)
-    yield url
-    engine.dispose()
 
 
 @dataclass(frozen=True)
