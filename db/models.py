@@ -172,3 +172,64 @@ class InputStats(Base):
     p50: Mapped[float] = mapped_column(Float)
     p90: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DriftVerdict(enum.StrEnum):
+    ok = "ok"
+    drift = "drift"
+    insufficient_data = "insufficient_data"
+
+
+class DriftReport(Base):
+    """One drift check of a window of served jobs of one model version (monitoring/)."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (Index("ix_drift_reports_model", "model_name", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(32))
+    # The results the window covers (their created_at), and how many there are.
+    window_start: Mapped[datetime | None] = mapped_column(default=None)
+    window_end: Mapped[datetime | None] = mapped_column(default=None)
+    n: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[DriftVerdict] = mapped_column(
+        Enum(DriftVerdict, native_enum=False, length=32, validate_strings=True)
+    )
+    # Thresholds in force and anything the check could not do (e.g. a profile without rates).
+    thresholds: Mapped[dict[str, Any]] = mapped_column()
+    notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    measures: Mapped[list[DriftMeasure]] = relationship(
+        back_populates="report", cascade="all, delete-orphan", order_by="DriftMeasure.id"
+    )
+
+
+class DriftMeasure(Base):
+    """One feature (input statistic) or one class (positive rate) of a drift report."""
+
+    __tablename__ = "drift_measures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(
+        ForeignKey("drift_reports.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # "feature" or "class"
+    name: Mapped[str] = mapped_column(String(200))
+    window_value: Mapped[float] = mapped_column(Float)
+    reference_value: Mapped[float] = mapped_column(Float)
+    z: Mapped[float] = mapped_column(Float)
+    effect: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool] = mapped_column()
+
+    report: Mapped[DriftReport] = relationship(back_populates="measures")
+
+
+class TaskRun(Base):
+    """When a periodic task (sweep, drift, ...) last ran: read by the metrics exporter."""
+
+    __tablename__ = "task_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(default=utcnow)
