@@ -22,6 +22,9 @@ class ModelCard:
     selection_value: float
     profile: dict[str, Any] = field(default_factory=dict)  # features, positive_rates, n_images
     config: dict[str, Any] = field(default_factory=dict)
+    # From `eldefect train --cv K`: per-class fold means and spreads, and the calibration of
+    # the out-of-fold probabilities the thresholds were tuned on (empty without --cv).
+    cv: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_spec(self) -> InputSpec:

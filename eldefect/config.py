@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SelectionMetric = Literal["val_macro_ap", "val_macro_recall", "val_macro_f1"]
 
@@ -26,10 +26,20 @@ class DataConfig(_Strict):
     missing_annotation: Literal["skip", "negative"] = "skip"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
+    # Cross-validation: validate on fold `fold` of `folds` stratified folds (val_fraction is
+    # then unused). `eldefect train --cv K` sets both for each of its K runs.
+    folds: int | None = Field(None, ge=2, description="Stratified folds; None: one split.")
+    fold: int = Field(0, ge=0, description="The fold validated on when folds are set.")
     # format: synthetic writes a dataset first (tests, demo) with these:
     synthetic_n: int = Field(600, ge=10)
     synthetic_size: int = Field(160, ge=32)
     synthetic_classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _fold_exists(self) -> DataConfig:
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold {self.fold} does not exist with {self.folds} folds")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -12,7 +12,16 @@ import numpy as np
 from eldefect.data.readers import read_elpv, read_voc
 from eldefect.imaging import decode_gray
 from eldefect.labels import LabelSet
-from eldefect.metrics import ClassMetrics, format_table, macro, per_class_metrics
+from eldefect.metrics import (
+    ClassMetrics,
+    Interval,
+    bootstrap_intervals,
+    expected_calibration_error,
+    format_intervals,
+    format_table,
+    macro,
+    per_class_metrics,
+)
 from eldefect.predictor import Predictor, load_predictor
 from eldefect.registry import configure_mlflow
 from eldefect.settings import Settings, get_settings
@@ -25,6 +34,9 @@ class Evaluation:
     tuned: dict[str, ClassMetrics]
     at_half: dict[str, ClassMetrics]
     n_images: int
+    # Bootstrap intervals of the tuned table: how much this many images can tell.
+    intervals: dict[str, dict[str, Interval]]
+    calibration_error: dict[str, float]
 
     def metrics(self) -> dict[str, float]:
         out = {"n_images": float(self.n_images)}
@@ -40,10 +52,16 @@ class Evaluation:
         return out
 
     def report(self) -> str:
+        ece = "  ".join(f"{name} {value:.3f}" for name, value in self.calibration_error.items())
         return (
-            format_table(self.tuned, f"{self.n_images} images, tuned thresholds")
+            format_intervals(
+                self.tuned,
+                self.intervals,
+                f"{self.n_images} images, tuned thresholds, 95% bootstrap intervals",
+            )
             + "\n\n"
             + format_table(self.at_half, "threshold 0.5")
+            + f"\n\nexpected calibration error (10 bins): {ece}"
         )
 
 
@@ -79,10 +97,16 @@ def evaluate_model(
         predictor, [s.path for s in samples], max_pixels=settings.max_image_pixels
     )
     targets = np.stack([s.target for s in samples])
+    names, thresholds = predictor.labels, predictor.thresholds
     result = Evaluation(
-        per_class_metrics(probs, targets, predictor.labels, predictor.thresholds),
-        per_class_metrics(probs, targets, predictor.labels, dict.fromkeys(predictor.labels, 0.5)),
+        per_class_metrics(probs, targets, names, thresholds),
+        per_class_metrics(probs, targets, names, dict.fromkeys(names, 0.5)),
         len(samples),
+        bootstrap_intervals(probs, targets, names, thresholds),
+        {
+            name: expected_calibration_error(probs[:, i], targets[:, i])
+            for i, name in enumerate(names)
+        },
     )
     if log_to_mlflow:
         with mlflow.start_run(run_name="evaluate", tags={"eldefect_kind": "evaluate"}):

@@ -16,6 +16,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from eldefect.card import ModelCard
 from eldefect.config import TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
 from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
-from eldefect.data.split import stratified_split
+from eldefect.data.split import validation_split
 from eldefect.data.synth import write_synthetic_dataset
 from eldefect.labels import LabelSet, load_label_set
 from eldefect.metrics import (
@@ -42,6 +43,9 @@ from eldefect.models import build_model
 from eldefect.settings import Settings, get_settings
 from eldefect.stats import feature_profile
 from eldefect.tracking import MlflowTracker, Tracker
+
+if TYPE_CHECKING:
+    from eldefect.crossval import CrossValidation
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class TrainOutcome:
     metrics: dict[str, float]
     per_class: dict[str, ClassMetrics]
     best_epoch: int
+    validation: EpochResult  # the kept model on the validation split
+    val_idx: np.ndarray  # rows of the dataset (in reading order) that split holds
 
 
 def load_samples(
@@ -229,7 +235,10 @@ def train(
     progress: bool = True,
     workdir: Path | None = None,
     tracker: Tracker | None = None,
+    cv: CrossValidation | None = None,
 ) -> TrainOutcome:
+    """Train, keep the best epoch, log it with its card; `cv` brings thresholds tuned on
+    out-of-fold predictions (and the CV figures for the card) in place of this split's."""
     settings = settings or get_settings()
     tracker = tracker or MlflowTracker(settings)
     torch.manual_seed(config.optim.seed)
@@ -246,7 +255,13 @@ def train(
         samples, config.input.size, max_pixels=settings.max_image_pixels, progress=progress
     )
     targets = cache.targets.numpy()  # (N, C)
-    train_idx, val_idx = stratified_split(targets, config.data.val_fraction, config.data.split_seed)
+    train_idx, val_idx = validation_split(
+        targets,
+        val_fraction=config.data.val_fraction,
+        seed=config.data.split_seed,
+        folds=config.data.folds,
+        fold=config.data.fold,
+    )
     train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config)
     log.info(
         "data: %s; %d train / %d val; positives train %s val %s",
@@ -318,6 +333,8 @@ def train(
         model.load_state_dict(best_state)
         final = evaluate(model, val_loader, criterion, dev)
         final_metrics, _ = score(final, labels, config)
+        if cv is not None:
+            best_thresholds = dict(cv.thresholds)
         per_class = per_class_metrics(final.probs, final.targets, names, best_thresholds)
         at_half = per_class_metrics(final.probs, final.targets, names, dict.fromkeys(names, 0.5))
         summary = {f"best_{k}": v for k, v in final_metrics.items()} | {
@@ -348,11 +365,12 @@ def train(
             selection_value=float(final_metrics[metric]),
             profile=profile,
             config=config.model_dump(mode="json"),
+            cv=cv.card_summary() if cv is not None else {},
         )
         cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
         model_uri = tracker.log_model(cpu_model, card)
     log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
-    return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch)
+    return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch, final, val_idx)
 
 
 def _flat_params(config: TrainConfig) -> dict[str, str]:

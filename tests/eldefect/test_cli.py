@@ -58,6 +58,7 @@ def test_evaluate_prints_per_class_table(production_model: ModelStore) -> None:
     assert result.exit_code == 0, result.output
     assert "tuned thresholds" in result.output and "threshold 0.5" in result.output
     assert "macro" in result.output
+    assert "95% bootstrap intervals" in result.output and "calibration error" in result.output
 
 
 def test_promote_prints_the_comparison(production_model: ModelStore) -> None:

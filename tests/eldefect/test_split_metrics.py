@@ -3,8 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eldefect.data.split import stratified_split
-from eldefect.metrics import average_precision, class_metrics, tune_thresholds
+from eldefect.data.split import stratified_folds, stratified_split, validation_split
+from eldefect.metrics import (
+    average_precision,
+    bootstrap_intervals,
+    class_metrics,
+    expected_calibration_error,
+    tune_thresholds,
+)
 
 
 def test_split_is_seeded_complete_and_stratified() -> None:
@@ -46,3 +52,43 @@ def test_thresholds_keep_the_recall_floor_and_maximise_f1() -> None:
         m = class_metrics(scores, truth, c)
         if m.recall >= 0.9:
             assert m.f1 <= best_f1 + 1e-9
+
+
+def test_folds_are_disjoint_complete_and_hold_every_class() -> None:
+    rng = np.random.default_rng(0)
+    targets = (rng.random((400, 5)) < [0.02, 0.05, 0.1, 0.3, 0.5]).astype(np.float32)
+    folds = stratified_folds(targets, 5, seed=1)
+    assert sorted(np.bincount(folds).tolist()) == [80] * 5
+    per_fold = np.stack([targets[folds == f].sum(0) for f in range(5)])  # (5, C)
+    assert np.all(per_fold >= 1), per_fold  # even the 2% class (8 images) is in every fold
+    assert np.all(per_fold.max(0) - per_fold.min(0) <= 1), per_fold
+    np.testing.assert_array_equal(folds, stratified_folds(targets, 5, seed=1))
+    train, val = validation_split(targets, val_fraction=0.2, seed=1, folds=5, fold=3)
+    np.testing.assert_array_equal(val, np.flatnonzero(folds == 3))
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(400))
+
+
+def test_calibration_error_of_a_calibrated_and_an_overconfident_score() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(20000)
+    calibrated = (rng.random(20000) < scores).astype(np.float32)
+    assert expected_calibration_error(scores, calibrated) < 0.02
+    # Always 0.95 sure while right half the time: off by 0.45.
+    overconfident = np.full(1000, 0.95)
+    assert expected_calibration_error(overconfident, np.arange(1000) % 2) == pytest.approx(0.45)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_images() -> None:
+    rng = np.random.default_rng(2)
+
+    def width(n: int) -> float:
+        truth = (rng.random(n) < 0.2).astype(np.float32)
+        scores = np.clip(truth * 0.4 + rng.random(n) * 0.6, 0, 1)
+        probs, targets = scores[:, None], truth[:, None]
+        point = class_metrics(scores, truth, 0.5)
+        ci = bootstrap_intervals(probs, targets, ["a"], {"a": 0.5}, resamples=300)["a"]
+        assert ci["ap"].low <= point.ap <= ci["ap"].high
+        assert ci["recall"].low <= point.recall <= ci["recall"].high
+        return ci["ap"].high - ci["ap"].low
+
+    assert width(2000) < width(80)
