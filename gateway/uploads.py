@@ -11,6 +11,7 @@ decode per slot) are in memory at once, whatever the batch's size.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,13 +65,18 @@ def label_for(filename: str | None, index: int | None = None) -> str | None:
 
 
 def read_limited(stream: BinaryIO, *, max_bytes: int, label: str | None = None) -> bytes:
-    """Read the upload, at most `max_bytes` + 1 bytes: one byte more means it is too large."""
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    """Read a spooled upload from its start, refusing it unread when it is over `max_bytes`.
+
+    The size comes from seeking to the end: `read(max_bytes + 1)` would allocate a buffer of
+    the limit (20 MiB) for every file, however small.
+    """
+    size = stream.seek(0, io.SEEK_END)
+    if size > max_bytes:
         raise UploadRefused(
             413, "file_too_large", _named(label, f"the file is larger than {max_bytes} bytes")
         )
-    return data
+    stream.seek(0)
+    return stream.read()
 
 
 def validate_image(
@@ -101,7 +107,6 @@ class FilePart:
         return label_for(self.file.filename, self.index)
 
     def read(self, settings: Settings) -> bytes:
-        self.file.file.seek(0)
         return read_limited(self.file.file, max_bytes=settings.max_upload_bytes, label=self.label)
 
     def as_upload(self, data: bytes, info: ImageInfo) -> NewImage:
