@@ -19,12 +19,20 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Batch, Job, JobImage, JobStatus, Station, StationToken, new_id, utcnow
+from db.models import (
+    FILENAME_LENGTH,
+    Batch,
+    Job,
+    JobImage,
+    JobStatus,
+    Station,
+    StationToken,
+    new_id,
+    utcnow,
+)
 
 TOKEN_BYTES = 32
 FINISHED = (JobStatus.succeeded, JobStatus.failed)
-# A client's file name is kept for people, not matched on: a longer one is cut to the column.
-FILENAME_MAX = Job.__table__.c.filename.type.length
 
 
 class ImageMeta(Protocol):
@@ -159,7 +167,8 @@ def create_job(
     reference to its bytes, so a batch holds one file's bytes at a time, not all of them.
     """
     now = utcnow()
-    filename = upload.filename[:FILENAME_MAX] if upload.filename is not None else None
+    # A client's file name is kept for people, not matched on: a longer one is cut to fit.
+    filename = upload.filename[:FILENAME_LENGTH] if upload.filename is not None else None
     job = Job(
         id=new_id(),
         station_id=station_id,
@@ -178,7 +187,11 @@ def create_job(
     meta = upload.meta
     session.execute(
         insert(JobImage).values(
-            job_id=job.id, data=upload.data, format=meta.format, width=meta.width, height=meta.height
+            job_id=job.id,
+            data=upload.data,
+            format=meta.format,
+            width=meta.width,
+            height=meta.height,
         )
     )
     return job
@@ -244,10 +257,11 @@ def create_batch(
 ) -> tuple[Batch, list[Job], bool]:
     """Accept several uploads as one batch, all in one transaction, and commit.
 
-    Returns (batch, its jobs in upload order, created). `uploads` is consumed one at a time, so an iterator that reads
-    each file when asked keeps one file in memory. With an idempotency key this station used
-    before (or that a concurrent request wins at the unique constraint), nothing is written
-    and the first batch comes back with created=False.
+    Returns (batch, its jobs in upload order, created). `uploads` is consumed one at a time,
+    so an iterator that reads each file when asked keeps one file in memory. With an
+    idempotency key this station used before (or that a concurrent request wins at the
+    unique constraint), nothing is written and the first batch comes back with
+    created=False.
     """
     if idempotency_key is not None:
         existing = find_batch_by_idempotency(

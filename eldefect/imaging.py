@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # Our pixel limit (settings.max_image_pixels) is checked on the header before any decoding,
@@ -59,7 +59,7 @@ def _corrupt(exc: BaseException) -> ImageDecodeError:
     return ImageDecodeError("corrupt_image", f"the image data cannot be decoded: {reason}")
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     if not data:
         raise ImageDecodeError("empty_file", "the upload is empty (0 bytes)")
     try:
@@ -118,7 +118,7 @@ def _load(data: bytes, max_pixels: int, *, low_bytes: bool = False) -> tuple[Ima
     fmt = "JPEG" if img.format == "MPO" else str(img.format)
     try:
         if low_bytes:
-            img.tile = [tile._replace(args=_PNG_LOW_BYTES[tile.args]) for tile in img.tile]
+            img.tile = [tile._replace(args=_PNG_LOW_BYTES[str(tile.args)]) for tile in img.tile]
         img.load()
         return ImageOps.exif_transpose(img), fmt
     except Exception as exc:  # untrusted bytes: any decoder failure is the image's fault

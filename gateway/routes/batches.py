@@ -41,9 +41,7 @@ def _public(batch: Batch, jobs: Sequence[Job]) -> BatchPublic:
     return BatchPublic(id=batch.id, jobs=[JobPublic.from_job(job) for job in jobs])
 
 
-def _first_batch(
-    *, session: Session, station_id: str, key: str
-) -> tuple[Batch, list[Job]] | None:
+def _first_batch(*, session: Session, station_id: str, key: str) -> tuple[Batch, list[Job]] | None:
     batch = crud.find_batch_by_idempotency(session=session, station_id=station_id, key=key)
     if batch is None:
         return None

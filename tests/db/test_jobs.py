@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
-from db.models import Job, JobImage, JobStatus, StationToken
+from db.models import FILENAME_LENGTH, Job, JobImage, JobStatus, StationToken
 from db.session import get_sessionmaker
 
 
@@ -134,11 +134,13 @@ def test_a_file_name_longer_than_its_column_is_stored_cut(session: Session) -> N
     station = crud.get_or_create_station(session=session, name="line-1")
     name = "x" * 2000 + ".png"
 
-    job, _ = crud.submit_job(session=session, station_id=station.id, upload=new_image(filename=name))
+    job, _ = crud.submit_job(
+        session=session, station_id=station.id, upload=new_image(filename=name)
+    )
 
     session.expire_all()
     stored = session.get(Job, job.id)
-    assert stored is not None and stored.filename == name[: crud.FILENAME_MAX]
+    assert stored is not None and stored.filename == name[:FILENAME_LENGTH]
     assert len(stored.filename) == 500
 
 

@@ -77,9 +77,7 @@ def test_start_up_line_names_the_services_without_passwords(
     make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        make_client(
-            database_url=closed_port_url(), broker_url=f"redis://:{PASSWORD}@127.0.0.1:1/0"
-        )
+        make_client(database_url=closed_port_url(), broker_url=f"redis://:{PASSWORD}@127.0.0.1:1/0")
 
     start = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gateway:")]
     assert start and "eldefect:***@127.0.0.1" in start[0] and "redis://:***@" in start[0]

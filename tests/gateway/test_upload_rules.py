@@ -8,8 +8,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from db import jobs as crud
-from db.models import Job
+from db.models import FILENAME_LENGTH, Job
 from db.session import session_scope
 from tests.gateway import factories
 from tests.gateway.conftest import issue_token, job_count
@@ -38,7 +37,7 @@ def test_a_file_name_longer_than_its_column_is_accepted_and_stored_cut(
     assert response.status_code == 202, response.text
     assert batch.status_code == 202, batch.text
     for job_id in (response.json()["id"], batch.json()["jobs"][0]["id"]):
-        assert _filename(db_url, job_id) == name[: crud.FILENAME_MAX]
+        assert _filename(db_url, job_id) == name[:FILENAME_LENGTH]
 
 
 def test_a_refusal_message_does_not_repeat_a_huge_file_name(
@@ -118,9 +117,7 @@ def _batch(
 def test_batch_takes_module_and_cell_ids_per_file_in_file_order(
     client: TestClient, auth: dict[str, str]
 ) -> None:
-    response = _batch(
-        client, auth, 3, {"module_id": "M-9", "cell_id": ["C-01", "C-02", "C-03"]}
-    )
+    response = _batch(client, auth, 3, {"module_id": "M-9", "cell_id": ["C-01", "C-02", "C-03"]})
 
     assert response.status_code == 202, response.text
     ids = [(job["module_id"], job["cell_id"]) for job in response.json()["jobs"]]
