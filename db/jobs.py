@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Batch, Job, JobImage, JobStatus, Station, StationToken, utcnow
+from db.models import (
+    FILENAME_LENGTH,
+    Batch,
+    Job,
+    JobImage,
+    JobStatus,
+    Station,
+    StationToken,
+    new_id,
+    utcnow,
+)
 
 TOKEN_BYTES = 32
 FINISHED = (JobStatus.succeeded, JobStatus.failed)
@@ -151,24 +161,39 @@ def create_job(
     batch_id: str | None = None,
     batch_position: int | None = None,
 ) -> Job:
-    """Add a queued job and its image (one unit: both or neither once the caller commits)."""
+    """Add a queued job and its image (one unit: both or neither once the caller commits).
+
+    The image goes in by a plain INSERT, not as an ORM object: the session then keeps no
+    reference to its bytes, so a batch holds one file's bytes at a time, not all of them.
+    """
     now = utcnow()
+    # A client's file name is kept for people, not matched on: a longer one is cut to fit.
+    filename = upload.filename[:FILENAME_LENGTH] if upload.filename is not None else None
     job = Job(
+        id=new_id(),
         station_id=station_id,
         batch_id=batch_id,
         batch_position=batch_position,
         status=JobStatus.queued,
         module_id=upload.module_id,
         cell_id=upload.cell_id,
-        filename=upload.filename,
+        filename=filename,
         idempotency_key=idempotency_key,
         created_at=now,
         enqueued_at=now,
     )
-    meta = upload.meta
-    job.image = JobImage(data=upload.data, format=meta.format, width=meta.width, height=meta.height)
     session.add(job)
     session.flush()
+    meta = upload.meta
+    session.execute(
+        insert(JobImage).values(
+            job_id=job.id,
+            data=upload.data,
+            format=meta.format,
+            width=meta.width,
+            height=meta.height,
+        )
+    )
     return job
 
 
@@ -218,25 +243,58 @@ def submit_job(
     return job, True
 
 
+def find_batch_by_idempotency(*, session: Session, station_id: str, key: str) -> Batch | None:
+    query = select(Batch).where(Batch.station_id == station_id, Batch.idempotency_key == key)
+    return session.scalars(query).one_or_none()
+
+
 def create_batch(
-    *, session: Session, station_id: str, uploads: Sequence[NewImage]
-) -> tuple[Batch, list[Job]]:
-    """Accept several uploads as one batch, all in one transaction, and commit."""
-    batch = Batch(station_id=station_id, created_at=utcnow())
-    session.add(batch)
-    session.flush()
-    jobs = [
-        create_job(
-            session=session,
-            station_id=station_id,
-            upload=upload,
-            batch_id=batch.id,
-            batch_position=position,
+    *,
+    session: Session,
+    station_id: str,
+    uploads: Iterable[NewImage],
+    idempotency_key: str | None = None,
+) -> tuple[Batch, list[Job], bool]:
+    """Accept several uploads as one batch, all in one transaction, and commit.
+
+    Returns (batch, its jobs in upload order, created). `uploads` is consumed one at a time,
+    so an iterator that reads each file when asked keeps one file in memory. With an
+    idempotency key this station used before (or that a concurrent request wins at the
+    unique constraint), nothing is written and the first batch comes back with
+    created=False.
+    """
+    if idempotency_key is not None:
+        existing = find_batch_by_idempotency(
+            session=session, station_id=station_id, key=idempotency_key
         )
-        for position, upload in enumerate(uploads)
-    ]
-    session.commit()
-    return batch, jobs
+        if existing is not None:
+            return existing, get_batch_jobs(session=session, batch_id=existing.id), False
+    try:
+        batch = Batch(station_id=station_id, idempotency_key=idempotency_key, created_at=utcnow())
+        session.add(batch)
+        session.flush()
+        jobs = [
+            create_job(
+                session=session,
+                station_id=station_id,
+                upload=upload,
+                batch_id=batch.id,
+                batch_position=position,
+            )
+            for position, upload in enumerate(uploads)
+        ]
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = find_batch_by_idempotency(
+            session=session, station_id=station_id, key=idempotency_key
+        )
+        if existing is None:
+            raise
+        return existing, get_batch_jobs(session=session, batch_id=existing.id), False
+    return batch, jobs, True
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# Length of jobs.filename: a longer client file name is stored cut (db.jobs.create_job).
+FILENAME_LENGTH = 500
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -82,11 +85,15 @@ class StationToken(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("station_id", "idempotency_key", name="uq_batches_station_idempotency"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     station_id: Mapped[str] = mapped_column(
         ForeignKey("stations.id", ondelete="CASCADE"), index=True
     )
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -112,7 +119,7 @@ class Job(Base):
     batch_position: Mapped[int | None] = mapped_column(Integer, default=None)
     module_id: Mapped[str | None] = mapped_column(String(200), default=None)
     cell_id: Mapped[str | None] = mapped_column(String(200), default=None)
-    filename: Mapped[str | None] = mapped_column(String(500), default=None)
+    filename: Mapped[str | None] = mapped_column(String(FILENAME_LENGTH), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)

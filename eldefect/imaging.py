@@ -2,7 +2,9 @@
 
 Pure PIL + numpy (no torch), so the gateway can validate uploads with the same code the
 worker decodes them with. 16-bit images keep their dynamic range: they are scaled by their
-bit depth, never squeezed through 8 bits.
+bit depth, never squeezed through 8 bits (16-bit RGB PNGs included, see `_PNG_LOW_BYTES`).
+The bytes are untrusted: every failure of a decoder becomes an `ImageDecodeError` with a
+stable code, never another exception.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # Our pixel limit (settings.max_image_pixels) is checked on the header before any decoding,
@@ -19,6 +21,10 @@ SUPPORTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 Image.MAX_IMAGE_PIXELS = None
 # ITU-R BT.601 luma; EL cameras are monochrome, RGB files are usually three equal channels.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Pillow has no 16-bit RGB mode: it unpacks a 16-bit RGB(A) PNG to 8 bits per channel (the
+# high byte of each big-endian sample). Running the same PNG decoder again with the
+# little-endian unpacker picks the other byte, so high << 8 | low is the full sample.
+_PNG_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
 
 class ImageDecodeError(ValueError):
@@ -41,18 +47,29 @@ class ImageInfo:
 Image.init()  # register every decoder plugin, so `formats=` can name TIFF
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _unsupported() -> ImageDecodeError:
+    return ImageDecodeError(
+        "unsupported_media_type",
+        f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
+    )
+
+
+def _corrupt(exc: BaseException) -> ImageDecodeError:
+    reason = str(exc).strip() or type(exc).__name__
+    return ImageDecodeError("corrupt_image", f"the image data cannot be decoded: {reason}")
+
+
+def _open(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
     if not data:
         raise ImageDecodeError("empty_file", "the upload is empty (0 bytes)")
     try:
         # Only our formats' decoders ever look at untrusted bytes.
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        frames = int(getattr(img, "n_frames", 1))
     except UnidentifiedImageError:
-        raise ImageDecodeError(
-            "unsupported_media_type",
-            f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
-        ) from None
-    frames = int(getattr(img, "n_frames", 1))
+        raise _unsupported() from None
+    except Exception as exc:  # a header cut short or garbled (OSError, SyntaxError, ...)
+        raise _corrupt(exc) from None
     # An MPO (a camera JPEG with a multi-picture segment): its first frame is the photograph.
     if frames > 1 and img.format != "MPO":
         raise ImageDecodeError(
@@ -90,20 +107,37 @@ def _to_unit_gray(img: Image.Image) -> np.ndarray:
     return rgb @ _LUMA
 
 
-def _load(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+def _load(data: bytes, max_pixels: int, *, low_bytes: bool = False) -> tuple[Image.Image, str]:
     """Open, check and fully decode (native pixel mode), upright per EXIF orientation.
 
-    Returns the image and its format name (the upright copy no longer carries it).
+    Returns the image and its format name (the upright copy no longer carries it). With
+    `low_bytes`, a 16-bit RGB(A) PNG is decoded to the low bytes of its samples instead.
     """
     img = _open(data, max_pixels)
     # Pillow names a JPEG with a multi-picture (MPF) segment, as cameras write, "MPO".
     fmt = "JPEG" if img.format == "MPO" else str(img.format)
     try:
+        if low_bytes:
+            img.tile = [tile._replace(args=_PNG_LOW_BYTES[str(tile.args)]) for tile in img.tile]
         img.load()
         return ImageOps.exif_transpose(img), fmt
     except Exception as exc:  # untrusted bytes: any decoder failure is the image's fault
-        message = f"the image data cannot be decoded: {exc}"
-        raise ImageDecodeError("corrupt_image", message) from None
+        raise _corrupt(exc) from None
+
+
+def _is_deep_png(data: bytes, max_pixels: int) -> bool:
+    """A 16-bit RGB(A) PNG, which Pillow alone would squeeze to 8 bits per channel."""
+    img = _open(data, max_pixels)
+    return img.format == "PNG" and all(tile.args in _PNG_LOW_BYTES for tile in img.tile)
+
+
+def _deep_png_rgb(data: bytes, max_pixels: int) -> np.ndarray:
+    """The (H, W, 3) samples of a 16-bit RGB(A) PNG on a 0..1 scale, at full depth."""
+    high, _fmt = _load(data, max_pixels)
+    low, _fmt = _load(data, max_pixels, low_bytes=True)
+    samples = np.asarray(high, dtype=np.uint16)[..., :3] << 8  # (H, W, 3)
+    samples |= np.asarray(low, dtype=np.uint16)[..., :3]
+    return samples.astype(np.float32) / 65535.0
 
 
 def _check_finite(pixels: np.ndarray) -> None:
@@ -125,7 +159,13 @@ def verify_image(data: bytes, *, max_pixels: int) -> ImageInfo:
 
 def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
     """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation."""
-    img, _format = _load(data, max_pixels)
-    gray = _to_unit_gray(img)
+    if _is_deep_png(data, max_pixels):
+        gray = _deep_png_rgb(data, max_pixels) @ _LUMA
+    else:
+        img, _format = _load(data, max_pixels)
+        try:
+            gray = _to_unit_gray(img)
+        except Exception as exc:  # a pixel mode with no conversion to RGB (LAB, HSV, ...)
+            raise _corrupt(exc) from None
     _check_finite(gray)
     return np.ascontiguousarray(gray, dtype=np.float32)

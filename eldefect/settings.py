@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     max_batch_files: int = Field(64, ge=1, description="Files one POST /v1/batches may carry.")
+    max_batch_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="Request body limit of POST /v1/batches (all its files and fields).",
+    )
+    decode_slots: int | None = Field(
+        None,
+        ge=1,
+        description="Uploads the gateway fully decodes at once (each holds an image's pixels); "
+        "default: the CPUs this process may use (cgroup quota, CPU affinity).",
+    )
 
     # Serving.
     auth_enabled: bool = True
@@ -82,6 +94,10 @@ class Settings(BaseSettings):
     def uses_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
 
+    @property
+    def effective_decode_slots(self) -> int:
+        return self.decode_slots or available_cpus()
+
     def ensure_var_dir(self) -> Path:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         return self.var_dir
@@ -90,3 +106,69 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """CPUs granted by the cgroup quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), if any."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may really use: its affinity, capped by a cgroup CPU quota.
+
+    `os.cpu_count()` is the host's count; in a container limited to 2 CPUs on a 64-core host
+    it would size pools thirty times too large.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cpus = min(cpus or 1, max(1, int(limit)))
+    return max(1, cpus or 1)
+
+
+_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "secret", "token", "access_token", "key"}
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (and secret-looking query values) replaced by `***`.
+
+    For log lines and probe messages: `postgresql://app:s3cret@db/x` -> `postgresql://app:***@db/x`.
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}"
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        secret_query = any(k.lower() in _SECRET_QUERY_KEYS for k, _v in pairs)
+        if netloc == parts.netloc and not secret_query:
+            return url  # nothing to hide (and `sqlite:///x` keeps its three slashes)
+        safe = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs]
+        query = urlencode(safe, safe="*") if pairs else parts.query
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not parseable as a URL: show nothing of it rather than a secret
+        return "<unparseable URL>"
+
+
+def redact_secrets(text: str, urls: list[str]) -> str:
+    """`text` with the password of any of `urls` masked (driver errors may echo a DSN)."""
+    for url in urls:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        for form in {password, unquote(password)} if password else ():
+            text = text.replace(form, "***")
+    return text

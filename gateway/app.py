@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,12 +13,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from db.session import get_sessionmaker
-from eldefect.settings import Settings, get_settings
+from eldefect.settings import Settings, get_settings, redact_url
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
 from gateway.routes import batches, health, jobs
+from gateway.uploads import decode_slots
 from gateway.waiting import JobWatcher
+
+log = logging.getLogger(__name__)
 
 # Multipart framing and text fields on top of the files themselves.
 FORM_OVERHEAD_BYTES = 1024 * 1024
@@ -32,6 +36,24 @@ def _warm_up() -> None:
         importlib.import_module(module)
 
 
+def log_start(settings: Settings) -> None:
+    """What this gateway serves from, without secrets; a loud line when auth is off."""
+    log.info(
+        "gateway: database %s, broker %s, model registry %s (%s@%s), %d decode slot(s)",
+        redact_url(settings.database_url),
+        redact_url(settings.broker_url),
+        redact_url(settings.mlflow_tracking_uri),
+        settings.model_name,
+        settings.model_alias,
+        settings.effective_decode_slots,
+    )
+    if not settings.auth_enabled:
+        log.warning(
+            "AUTHENTICATION IS OFF (ELDEFECT_AUTH_ENABLED=false): anyone who can reach this "
+            "gateway can submit and read jobs, as station 'anonymous'. For development only."
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     enqueuer = Enqueuer(settings)
@@ -44,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Import MLflow and Celery in the background now, so that the first /readyz or
         # upload does not pay seconds of imports (and time out) on a busy machine.
         threading.Thread(target=_warm_up, name="eldefect-warm-up", daemon=True).start()
+        log_start(settings)
         yield
         await watcher.stop()
         enqueuer.close()
@@ -57,11 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.enqueuer = enqueuer
     app.state.watcher = watcher
+    app.state.decode_slots = decode_slots(settings)
     limits = {
         "/v1/jobs": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
-        "/v1/batches": settings.max_upload_bytes * settings.max_batch_files + FORM_OVERHEAD_BYTES,
+        "/v1/batches": settings.max_batch_bytes,
     }
     install_error_handlers(app)
+    # Refuses a declared length over the limit before routing, so before the token is read:
+    # a 413 then costs no more than a 401.
     app.add_middleware(ContentLengthLimit, limits=limits)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the refusals above as well
     app.include_router(health.router)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -84,3 +85,28 @@ def get_watcher(request: Request) -> JobWatcher:
 
 
 WatcherDep = Annotated[JobWatcher, Depends(get_watcher)]
+
+
+def get_decode_slots(request: Request) -> threading.BoundedSemaphore:
+    slots: threading.BoundedSemaphore = request.app.state.decode_slots
+    return slots
+
+
+DecodeSlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_decode_slots)]
+
+
+def get_idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=200,
+            description="Same key from the same station returns the first answer (200).",
+        ),
+    ] = None,
+) -> str | None:
+    """The request's Idempotency-Key; an empty (or blank) header counts as none."""
+    return key if key is not None and key.strip() else None
+
+
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]

@@ -1,7 +1,8 @@
 """One error type at the edge, and handlers that give every error the contract's shape.
 
 `{"error": {"code": "<snake_case>", "message": "..."}}` for our own errors, FastAPI's 404, 405
-and 422, the body limit's 413, and unhandled exceptions (500, no stack trace).
+and 422, the body limit's 413, a database that cannot be reached (503, one log line, no
+traceback: an outage is not a bug) and unhandled exceptions (500, no stack trace).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
@@ -103,8 +106,45 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "the server failed to handle this request")
 
 
+# Seconds a client should wait before retrying while the database is away.
+DATABASE_RETRY_AFTER_S = 2
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database is unreachable or went away (restart, network, full pool), not a bug."""
+    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _first_line(exc: BaseException) -> str:
+    # SQLAlchemy appends the SQL and a link on later lines; the driver's reason is the first.
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_database_outage(exc):
+        return await _unhandled(request, exc)
+    log.warning(
+        "database unavailable in %s %s: %s: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+        _first_line(exc),
+    )
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is not reachable right now; retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -100,16 +100,27 @@ class ReadyPublic(BaseModel):
     checks: dict[str, str] = Field(description="What each dependency answered.")
 
 
+def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """`openapi_extra=` for an upload route, which reads its form itself (gateway.forms)."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+FILE_SCHEMA = {"type": "string", "format": "binary"}
+ID_SCHEMA = {"type": "string", "maxLength": 200}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for these error statuses, all with the ErrorBody schema."""
     descriptions = {
-        400: "Bad request (for example an empty upload).",
         401: "Missing or invalid bearer token.",
         404: "No such resource for this station.",
         413: "Upload larger than the byte limit, or an image with too many pixels.",
         415: "The bytes are not an image in a supported format (PNG, JPEG, TIFF, BMP).",
+        400: "Bad request (an empty upload, a body that is not valid multipart).",
         422: "Invalid parameters, or an image that cannot be decoded (truncated, corrupt).",
         500: "Unexpected server error.",
-        503: "A dependency is unavailable.",
+        503: "A dependency is unavailable (`database_unavailable`: the database, retry later).",
     }
     return {code: {"model": ErrorBody, "description": descriptions[code]} for code in codes}

@@ -3,24 +3,28 @@
 The bytes decide, never the declared content type: `eldefect.imaging.verify_image` sniffs
 the header (format, pixel count) and then fully decodes the pixels with the decoders the
 worker uses, so a truncated file is refused here.
+Files arrive spooled (gateway.forms) and are read one at a time: a batch is validated file by
+file, then stored file by file in one transaction, so at most one file's bytes (and one
+decode per slot) are in memory at once, whatever the batch's size.
 `eldefect.imaging` (numpy, Pillow) is imported on the first upload, not when the app starts.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import threading
-from typing import BinaryIO
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
 
-from fastapi import UploadFile
+from starlette.datastructures import UploadFile
 
 from db.jobs import NewImage
 from eldefect.settings import Settings
 from gateway.errors import ApiError
 
-# Full decodes at a time: each can hold a large image's pixels; more than the cores cannot
-# finish sooner, only hold more memory at once.
-_DECODE_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 2)
+if TYPE_CHECKING:
+    from eldefect.imaging import ImageInfo
 
 # ImageDecodeError.code -> HTTP status.
 _STATUS = {
@@ -30,6 +34,8 @@ _STATUS = {
     "invalid_image": 422,
     "corrupt_image": 422,
 }
+# How much of a client's file name messages repeat.
+_LABEL_NAME_MAX = 120
 
 
 class UploadRefused(ApiError):
@@ -37,6 +43,12 @@ class UploadRefused(ApiError):
 
 
 REFUSAL_CODES = (*_STATUS, "file_too_large", "too_many_files")
+
+
+def decode_slots(settings: Settings) -> threading.BoundedSemaphore:
+    """Full decodes at a time: each can hold a large image's pixels; more than the CPUs this
+    process may use cannot finish sooner, only hold more memory at once."""
+    return threading.BoundedSemaphore(settings.effective_decode_slots)
 
 
 def _named(label: str | None, message: str) -> str:
@@ -47,57 +59,92 @@ def label_for(filename: str | None, index: int | None = None) -> str | None:
     """How messages name a file: `'cell.png'`, or `files[2] 'cell.png'` within a batch."""
     parts = [f"files[{index}]"] if index is not None else []
     if filename:
-        parts.append(repr(filename))
+        shown = filename if len(filename) <= _LABEL_NAME_MAX else filename[:_LABEL_NAME_MAX] + "..."
+        parts.append(repr(shown))
     return " ".join(parts) or None
 
 
 def read_limited(stream: BinaryIO, *, max_bytes: int, label: str | None = None) -> bytes:
-    """Read the upload, at most `max_bytes` + 1 bytes: one byte more means it is too large."""
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    """Read a spooled upload from its start, refusing it unread when it is over `max_bytes`.
+
+    The size comes from seeking to the end: `read(max_bytes + 1)` would allocate a buffer of
+    the limit (20 MiB) for every file, however small.
+    """
+    size = stream.seek(0, io.SEEK_END)
+    if size > max_bytes:
         raise UploadRefused(
             413, "file_too_large", _named(label, f"the file is larger than {max_bytes} bytes")
         )
-    return data
+    stream.seek(0)
+    return stream.read()
 
 
 def validate_image(
-    data: bytes,
-    *,
-    max_pixels: int,
-    label: str | None = None,
-    filename: str | None = None,
-    module_id: str | None = None,
-    cell_id: str | None = None,
-) -> NewImage:
+    data: bytes, *, max_pixels: int, slots: threading.BoundedSemaphore, label: str | None = None
+) -> ImageInfo:
     """Check the bytes are one intact, supported image within the pixel limit."""
     from eldefect.imaging import ImageDecodeError, verify_image
 
     try:
-        with _DECODE_SLOTS:
-            info = verify_image(data, max_pixels=max_pixels)
+        with slots:
+            return verify_image(data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         status = _STATUS.get(exc.code, 422)
         raise UploadRefused(status, exc.code, _named(label, exc.message)) from None
-    return NewImage(data=data, meta=info, filename=filename, module_id=module_id, cell_id=cell_id)
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """One spooled file of a form, with the ids that go with it."""
+
+    file: UploadFile
+    module_id: str | None = None
+    cell_id: str | None = None
+    index: int | None = None  # position within a batch
+
+    @property
+    def label(self) -> str | None:
+        return label_for(self.file.filename, self.index)
+
+    def read(self, settings: Settings) -> bytes:
+        return read_limited(self.file.file, max_bytes=settings.max_upload_bytes, label=self.label)
+
+    def as_upload(self, data: bytes, info: ImageInfo) -> NewImage:
+        return NewImage(
+            data=data,
+            meta=info,
+            filename=self.file.filename,
+            module_id=self.module_id,
+            cell_id=self.cell_id,
+        )
+
+
+def check_part(
+    part: FilePart, *, settings: Settings, slots: threading.BoundedSemaphore
+) -> tuple[bytes, ImageInfo]:
+    """Read and validate one file (raises UploadRefused)."""
+    data = part.read(settings)
+    info = validate_image(data, max_pixels=settings.max_image_pixels, slots=slots, label=part.label)
+    return data, info
 
 
 def receive_upload(
-    file: UploadFile,
-    *,
-    settings: Settings,
-    index: int | None = None,
-    module_id: str | None = None,
-    cell_id: str | None = None,
+    part: FilePart, *, settings: Settings, slots: threading.BoundedSemaphore
 ) -> NewImage:
-    """Read and validate one multipart file (raises UploadRefused)."""
-    label = label_for(file.filename, index)
-    data = read_limited(file.file, max_bytes=settings.max_upload_bytes, label=label)
-    return validate_image(
-        data,
-        max_pixels=settings.max_image_pixels,
-        label=label,
-        filename=file.filename,
-        module_id=module_id,
-        cell_id=cell_id,
-    )
+    """One validated file, ready to become a job."""
+    return part.as_upload(*check_part(part, settings=settings, slots=slots))
+
+
+def check_batch(
+    parts: Sequence[FilePart], *, settings: Settings, slots: threading.BoundedSemaphore
+) -> list[ImageInfo]:
+    """Validate every file, one at a time, keeping only what the header said of each."""
+    return [check_part(part, settings=settings, slots=slots)[1] for part in parts]
+
+
+def stored_uploads(
+    parts: Sequence[FilePart], infos: Sequence[ImageInfo], *, settings: Settings
+) -> Iterator[NewImage]:
+    """The validated files as uploads to store, each read from its spool only when asked."""
+    for part, info in zip(parts, infos, strict=True):
+        yield part.as_upload(part.read(settings), info)

@@ -27,6 +27,7 @@ class JobWatcher:
         self.interval_s = interval_s
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._failing = False  # log an outage once, not on every poll
 
     @property
     def watched(self) -> int:
@@ -70,8 +71,14 @@ class JobWatcher:
             try:
                 done = await asyncio.to_thread(self._finished, ids)
             except SQLAlchemyError as exc:  # the waiters time out and answer the state they read
-                log.warning("job watcher could not read job states: %s", exc)
+                if not self._failing:
+                    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    log.warning("job watcher cannot read job states: %s", first_line)
+                self._failing = True
                 continue
+            if self._failing:
+                log.info("job watcher reads job states again")
+            self._failing = False
             for job_id in done:
                 for event in self._waiters.get(job_id, ()):
                     event.set()

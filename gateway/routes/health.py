@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from db.session import get_engine
 from eldefect.broker import embedded_broker_folders
-from eldefect.settings import Settings
+from eldefect.settings import Settings, redact_secrets
 from gateway.deps import EnqueuerDep, SettingsDep
 from gateway.enqueue import Enqueuer
 from gateway.errors import error_response
@@ -58,14 +58,17 @@ def check_model(settings: Settings) -> str:
     return f"{settings.model_name} version {version.version} (@{settings.model_alias})"
 
 
-async def _run_check(check: Callable[[], str], timeout_s: float) -> tuple[bool, str]:
+async def _run_check(
+    check: Callable[[], str], timeout_s: float, secrets_of: list[str]
+) -> tuple[bool, str]:
+    """Run one check; a failure's reason never shows a password of `secrets_of` (URLs)."""
     try:
         return True, await asyncio.wait_for(asyncio.to_thread(check), timeout_s)
     except TimeoutError:
         return False, f"no answer within {timeout_s:g} s"
     except Exception as exc:  # a probe reports any failure as "not ready", with the reason
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return False, f"{type(exc).__name__}: {reason}"[:300]
+        return False, redact_secrets(f"{type(exc).__name__}: {reason}", secrets_of)[:300]
 
 
 @router.get(
@@ -80,8 +83,10 @@ async def readyz(settings: SettingsDep, enqueuer: EnqueuerDep) -> ReadyPublic | 
         "broker": lambda: check_broker(settings, enqueuer),
         "model": lambda: check_model(settings),
     }
+    # Drivers may echo their connection string in an error: mask every configured password.
+    urls = [settings.database_url, settings.broker_url, settings.mlflow_tracking_uri]
     answers = await asyncio.gather(
-        *(_run_check(check, settings.readyz_timeout_s) for check in checks.values())
+        *(_run_check(check, settings.readyz_timeout_s, urls) for check in checks.values())
     )
     results = dict(zip(checks, answers, strict=True))
     failed = {name: reason for name, (ok, reason) in results.items() if not ok}

@@ -2,27 +2,67 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from db import jobs as crud
+from db.models import Job
 from db.session import get_sessionmaker
-from gateway.deps import CurrentStation, EnqueuerDep, SessionDep, SettingsDep, WatcherDep
+from eldefect.settings import Settings
+from gateway.deps import (
+    CurrentStation,
+    DecodeSlotsDep,
+    EnqueuerDep,
+    IdempotencyKeyDep,
+    SessionDep,
+    SettingsDep,
+    WatcherDep,
+)
+from gateway.enqueue import Enqueuer
 from gateway.errors import ApiError
+from gateway.forms import invalid, read_form
 from gateway.metrics import JOBS_ACCEPTED, JOBS_REFUSED
-from gateway.schemas import JobPublic, error_responses
-from gateway.uploads import UploadRefused, receive_upload
+from gateway.schemas import FILE_SCHEMA, ID_SCHEMA, JobPublic, error_responses, multipart_body
+from gateway.uploads import FilePart, UploadRefused, receive_upload
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 MAX_WAIT_S = 30.0
-IdField = Annotated[str | None, Form(max_length=200)]
+# module_id, cell_id and a few stray text fields; anything more is not a job's form.
+_MAX_FIELDS = 16
 
 
 def job_not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job {job_id!r} for this station")
+
+
+def _accept_job(
+    *,
+    session: Session,
+    settings: Settings,
+    slots: threading.BoundedSemaphore,
+    enqueuer: Enqueuer,
+    station_id: str,
+    part: FilePart,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Validate the file, store the job (or find the key's first job) and enqueue a new one."""
+    try:
+        upload = receive_upload(part, settings=settings, slots=slots)
+    except UploadRefused as exc:
+        JOBS_REFUSED.labels(reason=exc.code).inc()
+        raise
+    job, created = crud.submit_job(
+        session=session, station_id=station_id, upload=upload, idempotency_key=idempotency_key
+    )
+    if created:
+        JOBS_ACCEPTED.labels(endpoint="jobs").inc()
+        enqueuer.send([job.id])
+    return job, created
 
 
 @router.post(
@@ -35,48 +75,64 @@ def job_not_found(job_id: str) -> ApiError:
             "headers": {"Location": {"description": "/v1/jobs/{id}", "schema": {"type": "string"}}},
         },
         200: {"model": JobPublic, "description": "Idempotency-Key seen before: the first job."},
-        **error_responses(400, 401, 413, 415, 422),
+        **error_responses(400, 401, 413, 415, 422, 503),
     },
+    openapi_extra=multipart_body(
+        {
+            "file": FILE_SCHEMA | {"description": "One image: PNG, JPEG, TIFF or BMP."},
+            "module_id": ID_SCHEMA,
+            "cell_id": ID_SCHEMA,
+        },
+        required=["file"],
+    ),
 )
-def submit_job(
+async def submit_job(
+    request: Request,
     response: Response,
     station: CurrentStation,
     session: SessionDep,
     settings: SettingsDep,
     enqueuer: EnqueuerDep,
-    file: Annotated[UploadFile, File(description="One image: PNG, JPEG, TIFF or BMP.")],
-    module_id: IdField = None,
-    cell_id: IdField = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            description="Same key from the same station returns the first job (200).",
-        ),
-    ] = None,
+    slots: DecodeSlotsDep,
+    idempotency_key: IdempotencyKeyDep,
 ) -> JobPublic:
     """Submit one EL image for inspection."""
+    # The token was checked from the headers (CurrentStation); only now is the body read.
     if idempotency_key is not None:
-        first = crud.find_job_by_idempotency(
-            session=session, station_id=station.id, key=idempotency_key
+        first = await run_in_threadpool(
+            crud.find_job_by_idempotency,
+            session=session,
+            station_id=station.id,
+            key=idempotency_key,
         )
-        if first is not None:
+        if first is not None:  # a retry: answered without reading its body
             response.status_code = 200
             response.headers["Location"] = f"/v1/jobs/{first.id}"
             return JobPublic.from_job(first)
-    try:
-        upload = receive_upload(file, settings=settings, module_id=module_id, cell_id=cell_id)
-    except UploadRefused as exc:
-        JOBS_REFUSED.labels(reason=exc.code).inc()
-        raise
-    job, created = crud.submit_job(
-        session=session, station_id=station.id, upload=upload, idempotency_key=idempotency_key
+    form = await read_form(
+        request,
+        max_files=1,
+        max_fields=_MAX_FIELDS,
+        too_many_files=invalid("file: send one file per request (POST /v1/batches takes several)"),
     )
-    if created:
-        JOBS_ACCEPTED.labels(endpoint="jobs").inc()
-        enqueuer.send([job.id])
-    else:
+    try:
+        files = form.files("file")
+        if not files:
+            raise invalid("file: field required (one image as a multipart file part)")
+        part = FilePart(files[0], module_id=form.text("module_id"), cell_id=form.text("cell_id"))
+        job, created = await run_in_threadpool(
+            _accept_job,
+            session=session,
+            settings=settings,
+            slots=slots,
+            enqueuer=enqueuer,
+            station_id=station.id,
+            part=part,
+            idempotency_key=idempotency_key,
+        )
+    finally:
+        await form.close()
+    if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobPublic.from_job(job)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
-from db.models import Job, JobImage, JobStatus, StationToken
+from db.models import FILENAME_LENGTH, Job, JobImage, JobStatus, StationToken
 from db.session import get_sessionmaker
 
 
@@ -96,14 +96,52 @@ def test_batch_jobs_come_back_in_upload_order_and_per_station(session: Session) 
     two = crud.get_or_create_station(session=session, name="line-2")
     uploads = [new_image(f"img-{i}".encode(), filename=f"{i}.png") for i in range(5)]
 
-    batch, jobs = crud.create_batch(session=session, station_id=one.id, uploads=uploads)
+    batch, jobs, created = crud.create_batch(session=session, station_id=one.id, uploads=uploads)
 
+    assert created
     listed = crud.get_batch_jobs(session=session, batch_id=batch.id)
     assert [j.id for j in listed] == [j.id for j in jobs]
     assert [j.filename for j in listed] == [f"{i}.png" for i in range(5)]
     assert crud.get_batch_for_station(session=session, batch_id=batch.id, station_id=two.id) is None
     assert crud.get_job_for_station(session=session, job_id=jobs[0].id, station_id=two.id) is None
     assert crud.get_job_for_station(session=session, job_id=jobs[0].id, station_id=one.id)
+
+
+def test_batch_idempotency_key_returns_the_first_batch_per_station(session: Session) -> None:
+    one = crud.get_or_create_station(session=session, name="line-1")
+    two = crud.get_or_create_station(session=session, name="line-2")
+
+    def uploads() -> list[crud.NewImage]:
+        return [new_image(filename=f"{i}.png") for i in range(3)]
+
+    first, jobs, created = crud.create_batch(
+        session=session, station_id=one.id, uploads=uploads(), idempotency_key="b-1"
+    )
+    again, again_jobs, created_again = crud.create_batch(
+        session=session, station_id=one.id, uploads=uploads(), idempotency_key="b-1"
+    )
+    other, _, created_other = crud.create_batch(
+        session=session, station_id=two.id, uploads=uploads(), idempotency_key="b-1"
+    )
+
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == first.id and other.id != first.id
+    assert [j.id for j in again_jobs] == [j.id for j in jobs]
+    assert crud.count_jobs(session=session) == 6
+
+
+def test_a_file_name_longer_than_its_column_is_stored_cut(session: Session) -> None:
+    station = crud.get_or_create_station(session=session, name="line-1")
+    name = "x" * 2000 + ".png"
+
+    job, _ = crud.submit_job(
+        session=session, station_id=station.id, upload=new_image(filename=name)
+    )
+
+    session.expire_all()
+    stored = session.get(Job, job.id)
+    assert stored is not None and stored.filename == name[:FILENAME_LENGTH]
+    assert len(stored.filename) == 500
 
 
 def test_finished_job_ids_sees_only_ended_jobs(session: Session) -> None:

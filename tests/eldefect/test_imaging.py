@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from eldefect.imaging import ImageDecodeError, decode_gray, verify_image
-from tests.eldefect.images import encode, gradient, png_header_only
+from tests.eldefect.images import encode, gradient, png16_rgb, png_header_only
 
 LIMIT = 10_000_000
 
@@ -26,6 +26,35 @@ def test_16bit_keeps_its_dynamic_range(fmt: str) -> None:
     gray = decode_gray(encode(pixels, fmt), max_pixels=LIMIT)
     np.testing.assert_allclose(gray, pixels / 65535.0, rtol=1e-6)
     assert gray[0, 0] != gray[0, 1]
+
+
+def test_16bit_rgb_png_keeps_its_full_depth() -> None:
+    # Channels that differ only in their low byte: Pillow alone would make them all equal.
+    rng = np.random.default_rng(3)
+    samples = (0x4000 + rng.integers(0, 256, (10, 12, 3))).astype(np.uint16)
+    gray = decode_gray(png16_rgb(samples), max_pixels=LIMIT)
+    expected = (samples.astype(np.float32) / 65535.0) @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(gray, expected, rtol=1e-5)
+    assert len(np.unique(gray)) > 50
+    info = verify_image(png16_rgb(samples), max_pixels=LIMIT)
+    assert (info.format, info.width, info.height) == ("PNG", 12, 10)
+
+
+def test_truncated_16bit_rgb_png_is_corrupt() -> None:
+    data = png16_rgb(np.full((32, 32, 3), 1000, np.uint16))
+    with pytest.raises(ImageDecodeError) as err:
+        decode_gray(data[: len(data) - 20], max_pixels=LIMIT)
+    assert err.value.code == "corrupt_image"
+
+
+def test_jpeg_cut_inside_its_header_is_corrupt_not_a_crash() -> None:
+    # Pillow raises OSError("Truncated File Read") from Image.open itself here.
+    rng = np.random.default_rng(0)
+    data = encode(rng.integers(0, 255, (64, 64), dtype=np.uint8), "JPEG")
+    for decode in (decode_gray, verify_image):
+        with pytest.raises(ImageDecodeError) as err:
+            decode(data[:200], max_pixels=LIMIT)
+        assert err.value.code == "corrupt_image"
 
 
 def test_rgb_jpeg_becomes_luma() -> None:
