@@ -16,7 +16,7 @@ from eldefect.settings import Settings, get_settings
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
-from gateway.routes import batches, health, jobs
+from gateway.routes import batches, drift, health, jobs, retrains, reviews
 from gateway.waiting import JobWatcher
 
 # Multipart framing and text fields on top of the files themselves.
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Streamed bodies (no Content-Length) are cut off at the same limits while being read.
     app.include_router(jobs.router, max_body_size=limits["/v1/jobs"])
     app.include_router(batches.router, max_body_size=limits["/v1/batches"])
+    for operator_routes in (reviews, drift, retrains):  # JSON bodies, small
+        app.include_router(operator_routes.router, max_body_size=FORM_OVERHEAD_BYTES)
     install_openapi(app)
     return app
 

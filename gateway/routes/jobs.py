@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from db import jobs as crud
 from db.session import get_sessionmaker
-from gateway.deps import CurrentStation, EnqueuerDep, SessionDep, SettingsDep, WatcherDep
+from gateway.deps import CallerDep, CurrentStation, EnqueuerDep, SessionDep, SettingsDep, WatcherDep
 from gateway.errors import ApiError
 from gateway.metrics import JOBS_ACCEPTED, JOBS_REFUSED
 from gateway.schemas import JobPublic, error_responses
@@ -82,7 +82,7 @@ def submit_job(
     return JobPublic.from_job(job)
 
 
-def _read_job(database_url: str, job_id: str, station_id: str) -> JobPublic | None:
+def _read_job(database_url: str, job_id: str, station_id: str | None) -> JobPublic | None:
     with get_sessionmaker(database_url)() as session:
         job = crud.get_job_for_station(session=session, job_id=job_id, station_id=station_id)
         return None if job is None else JobPublic.from_job(job)
@@ -90,7 +90,7 @@ def _read_job(database_url: str, job_id: str, station_id: str) -> JobPublic | No
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(401, 404, 422))
 async def read_job(
-    station: CurrentStation,
+    caller: CallerDep,
     settings: SettingsDep,
     watcher: WatcherDep,
     job_id: str,
@@ -104,8 +104,8 @@ async def read_job(
         ),
     ] = 0,
 ) -> JobPublic:
-    """Read a job; with `wait`, answer as soon as it ends or the wait runs out."""
-    station_id = station.id
+    """Read a job (operators: any station's); with `wait`, answer as soon as it ends."""
+    station_id = caller.scope
     job = await run_in_threadpool(_read_job, settings.database_url, job_id, station_id)
     if job is None:
         raise job_not_found(job_id)
