@@ -97,6 +97,8 @@ class ReviewedImage:
     job_id: str
     image: bytes
     format: str
+    width: int
+    height: int
     defects: list[str]
     labels: list[str]  # the label set of the model whose result was reviewed
     reviewed_at: datetime
@@ -128,6 +130,8 @@ def reviewed_images(
                 job_id=review.job_id,
                 image=image.data,
                 format=image.format,
+                width=image.width,
+                height=image.height,
                 defects=list(review.defects),
                 labels=list(result.probabilities),
                 reviewed_at=review.created_at,
