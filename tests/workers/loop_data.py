@@ -13,7 +13,7 @@ from PIL import Image
 
 from db.models import Job, JobImage, JobStatus, Result, Review, Station, utcnow
 from db.session import session_scope
-from eldefect.data.synth import write_synthetic_dataset  # noqa: F401  (re-exported for tests)
+from eldefect.data.synth import write_synthetic_dataset
 from eldefect.data.voc_xml import read_voc_names
 
 CLASSES = ["crack", "black_core", "thick_line", "corner", "fragment"]
