@@ -27,6 +27,7 @@ from db.models import (
     JobStatus,
     Station,
     StationToken,
+    TokenRole,
     new_id,
     utcnow,
 )
@@ -65,6 +66,7 @@ class TokenInfo:
     hash_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    role: str = TokenRole.station.value
 
 
 # --- stations and tokens -------------------------------------------------------------------
@@ -103,35 +105,54 @@ def get_or_create_station(*, session: Session, name: str) -> Station:
     return station
 
 
-def create_token(*, session: Session, station_id: str) -> str:
+def create_token(*, session: Session, station_id: str, role: TokenRole = TokenRole.station) -> str:
     """Issue a bearer token for a station; returns the plaintext, which is stored only hashed."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.add(StationToken(token_hash=hash_token(token), station_id=station_id))
+    session.add(
+        StationToken(token_hash=hash_token(token), station_id=station_id, role=TokenRole(role))
+    )
     session.flush()
     return token
 
 
-def station_for_token(*, session: Session, token: str) -> Station | None:
-    """The station a (not revoked) token belongs to, or None."""
+def caller_for_token(*, session: Session, token: str) -> tuple[Station, TokenRole] | None:
+    """The station a (not revoked) token belongs to and the token's role, or None."""
     query = (
-        select(Station)
+        select(Station, StationToken.role)
         .join(StationToken, StationToken.station_id == Station.id)
         .where(StationToken.token_hash == hash_token(token), StationToken.revoked_at.is_(None))
     )
-    return session.scalars(query).one_or_none()
+    row = session.execute(query).one_or_none()
+    return None if row is None else (row[0], TokenRole(row[1]))
+
+
+def station_for_token(*, session: Session, token: str) -> Station | None:
+    """The station a (not revoked) token belongs to, or None."""
+    found = caller_for_token(session=session, token=token)
+    return None if found is None else found[0]
 
 
 def list_tokens(*, session: Session) -> list[TokenInfo]:
     rows = session.execute(
         select(
-            Station.name, StationToken.token_hash, StationToken.created_at, StationToken.revoked_at
+            Station.name,
+            StationToken.token_hash,
+            StationToken.created_at,
+            StationToken.revoked_at,
+            StationToken.role,
         )
         .join(StationToken, StationToken.station_id == Station.id)
         .order_by(Station.name, StationToken.created_at)
     ).all()
     return [
-        TokenInfo(station=name, hash_prefix=digest[:12], created_at=created, revoked_at=revoked)
-        for name, digest, created, revoked in rows
+        TokenInfo(
+            station=name,
+            hash_prefix=digest[:12],
+            created_at=created,
+            revoked_at=revoked,
+            role=role,
+        )
+        for name, digest, created, revoked, role in rows
     ]
 
 
@@ -300,14 +321,19 @@ def create_batch(
 # --- reading -------------------------------------------------------------------------------
 
 
-def get_job_for_station(*, session: Session, job_id: str, station_id: str) -> Job | None:
-    """The job with its result, or None when it does not exist or belongs to another station."""
+def get_job_for_station(*, session: Session, job_id: str, station_id: str | None) -> Job | None:
+    """The job with its result, or None when it does not exist or belongs to another station.
+
+    `station_id=None` reads any station's job (operators).
+    """
     query = (
         select(Job)
-        .where(Job.id == job_id, Job.station_id == station_id)
+        .where(Job.id == job_id)
         .options(selectinload(Job.result))
         .execution_options(populate_existing=True)
     )
+    if station_id is not None:
+        query = query.where(Job.station_id == station_id)
     return session.scalars(query).one_or_none()
 
 

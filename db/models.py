@@ -68,6 +68,11 @@ class Station(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TokenRole(enum.StrEnum):
+    station = "station"  # submits images, reads its own jobs
+    operator = "operator"  # reads every station's jobs, reviews, drift and retraining
+
+
 class StationToken(Base):
     """A station's bearer token, stored as its SHA-256 hex digest (the token is shown once)."""
 
@@ -79,6 +84,8 @@ class StationToken(Base):
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the token may do (TokenRole); tokens made before roles existed are station tokens.
+    role: Mapped[str] = mapped_column(String(16), default="station", server_default="station")
 
     station: Mapped[Station] = relationship()
 
@@ -133,6 +140,10 @@ class Job(Base):
 
     image: Mapped[JobImage] = relationship(back_populates="job", cascade="all, delete-orphan")
     result: Mapped[Result | None] = relationship(back_populates="job", cascade="all, delete-orphan")
+    # Every review, oldest first (the last one is in force); loaded with the job in one query.
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", order_by="Review.id", lazy="selectin"
+    )
 
 
 class JobImage(Base):
@@ -240,3 +251,73 @@ class TaskRun(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_run_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Review(Base):
+    """What an operator says a served image really shows. A later review of the same job
+    supersedes an earlier one; both rows stay (the history of who said what, when)."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    defects: Mapped[list[str]] = mapped_column(JSON)
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    # The operator's station (token) and the model whose result was reviewed.
+    reviewer_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stations.id", ondelete="SET NULL"), default=None
+    )
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    job: Mapped[Job] = relationship(back_populates="reviews")
+    reviewer: Mapped[Station | None] = relationship(lazy="joined")
+
+
+class TriggerStatus(enum.StrEnum):
+    queued = "queued"  # recorded, the training task is on its way
+    running = "running"  # a training worker holds it (lease_expires_at)
+    succeeded = "succeeded"  # trained, registered and gated (decision says what moved)
+    failed = "failed"  # an error, or the worker died (the sweep found the lease expired)
+
+
+class RetrainTrigger(Base):
+    """One decision to retrain and everything that followed from it.
+
+    At most one trigger is open (queued or running) at any time, and the database enforces
+    it: an open trigger holds `open_slot = 1`, a closed one NULL, and the column is unique
+    (NULLs never collide, on SQLite and PostgreSQL alike). Two beat processes racing to open
+    one: the second INSERT fails.
+    """
+
+    __tablename__ = "retrain_triggers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reason: Mapped[str] = mapped_column(String(16), index=True)  # drift|reviews|schedule|manual
+    status: Mapped[TriggerStatus] = mapped_column(
+        Enum(TriggerStatus, native_enum=False, length=16, validate_strings=True),
+        default=TriggerStatus.queued,
+    )
+    open_slot: Mapped[int | None] = mapped_column(Integer, unique=True, default=1)
+    requested_by: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    # Why it fired: drift report ids, review counts, the schedule's last run, ...
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The training worker renews this while it works; the sweep fails the trigger past it.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Reviews up to this time went into the challenger's data (the "reviews" reason's baseline).
+    data_until: Mapped[datetime | None] = mapped_column(default=None)
+    n_train_reviews: Mapped[int | None] = mapped_column(Integer, default=None)
+    run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    model_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    champion_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    # promoted (production moved) | staged (staging only) | rejected (gate said no)
+    decision: Mapped[str | None] = mapped_column(String(16), default=None)
+    gate: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -14,6 +14,10 @@ from eldefect.settings import Settings
 
 INFER_TASK = "eldefect.infer"
 SWEEP_TASK = "eldefect.sweep"
+# Retraining (workers/retrain_tasks.py): the beat decision and the training run itself.
+RETRAIN_CHECK_TASK = "eldefect.retrain_check"
+RETRAIN_TASK = "eldefect.retrain"
+TRAINING_QUEUE = "training"
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:

@@ -18,9 +18,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+CellType = Literal["mono", "poly"]
+
+
+class DataSource(_Strict):
+    """A further labelled folder trained on beside the main one (same label set)."""
+
+    format: Literal["voc", "elpv"] = "voc"
+    root: Path
+    cell_type: CellType | None = Field(None, description="ELPV: only this cell type.")
+
+
 class DataConfig(_Strict):
     format: Literal["voc", "elpv", "synthetic"] = "voc"
     root: Path | None = Field(None, description="Dataset folder; --data overrides it.")
+    cell_type: CellType | None = Field(None, description="ELPV: only this cell type.")
+    sources: list[DataSource] = Field(
+        default_factory=list,
+        description="More folders, e.g. exported operator reviews (`eldefect dataset "
+        "export-reviews`); their images join the split like the main folder's.",
+    )
     labels: str = Field("pvel_ad", description="Shipped label set name or a YAML path.")
     ignore_unknown_labels: bool = False
     missing_annotation: Literal["skip", "negative"] = "skip"

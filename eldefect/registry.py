@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -190,7 +191,7 @@ def promote(
 ) -> PromotionDecision:
     """Set `staging` when the candidate beats `production` on the selection metric (or none
     exists); with `to_production`, move `production` to it as well (an explicit decision)."""
-    client = _client(tracking_uri)
+    _client(tracking_uri)
     candidate = load_card(model_uri(name, version))
     prod_version = resolve_alias(name, PRODUCTION, tracking_uri)
     prod_value: float | None = None
@@ -205,15 +206,9 @@ def promote(
                 candidate.selection_metric,
             )
         beats = candidate.selection_value > prod_value
-    moved: list[str] = []
-    if beats:
-        client.set_registered_model_alias(name, STAGING, version)
-        moved.append(STAGING)
-    if to_production:
-        client.set_registered_model_alias(name, PRODUCTION, version)
-        moved.append(PRODUCTION)
+    moved = [STAGING] * beats + [PRODUCTION] * to_production
     for alias in moved:
-        _run_promotion_hooks(name, alias, version)
+        move_alias(name, alias, version, tracking_uri)
     return PromotionDecision(
         name,
         version,
@@ -223,6 +218,27 @@ def promote(
         prod_value,
         moved,
     )
+
+
+def move_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
+    """Point `name@alias` at `version` and tell the promotion hooks (workers swap at once)."""
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+    _run_promotion_hooks(name, alias, version)
+
+
+def tag_version(
+    name: str, version: str, tags: dict[str, str], tracking_uri: str | None = None
+) -> None:
+    """Set tags on a registered version (the gate's numbers and decision, for example)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def version_created_at(name: str, version: str, tracking_uri: str | None = None) -> datetime:
+    """When a version was registered (UTC)."""
+    created_ms = _client(tracking_uri).get_model_version(name, version).creation_timestamp
+    return datetime.fromtimestamp(created_ms / 1000, tz=UTC)
 
 
 def _run_promotion_hooks(name: str, alias: str, version: str) -> None:

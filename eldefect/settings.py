@@ -90,6 +90,55 @@ class Settings(BaseSettings):
     readyz_timeout_s: float = Field(5.0, gt=0, description="Time each /readyz check may take.")
     log_level: str = "INFO"
 
+    # Retraining (docs/retraining.md): when a trigger fires, what it trains, how it is gated.
+    retrain_check_interval_s: float = Field(
+        60.0, gt=0, description="How often beat decides whether to retrain (and sweeps triggers)."
+    )
+    retrain_on_drift: bool = Field(True, description="Fire on K consecutive `drift` verdicts.")
+    retrain_drift_reports: int = Field(
+        3, ge=1, description="K: consecutive drift reports (insufficient_data skipped) that fire."
+    )
+    retrain_on_reviews: bool = Field(True, description="Fire when enough new reviews came in.")
+    retrain_min_reviews: int = Field(
+        200, ge=1, description="R: reviewed jobs newer than the production model's data."
+    )
+    retrain_on_schedule: bool = Field(True, description="Fire every retrain_every_s.")
+    retrain_every_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="T: time since the last trigger (or model) to fire."
+    )
+    retrain_cooldown_s: float = Field(
+        6 * 3600.0, ge=0, description="No automatic trigger this soon after the last one ended."
+    )
+    retrain_config: Path | None = Field(
+        None, description="Training config (YAML) of retraining; data.root is the base dataset."
+    )
+    retrain_holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of reviewed jobs (by job id hash) never trained on."
+    )
+    retrain_eval_data: Path | None = Field(
+        None, description="Fixed evaluation folder for the gate, never trained on."
+    )
+    retrain_eval_format: Literal["voc", "elpv"] = "voc"
+    retrain_eval_cell_type: Literal["mono", "poly"] | None = Field(
+        None, description="ELPV evaluation folder: only this cell type."
+    )
+    retrain_ap_margin: float = Field(
+        0.02, ge=0, description="Gate: challenger macro AP may trail the champion's by this."
+    )
+    retrain_recall_margin: float = Field(
+        0.05, ge=0, description="Gate: any class's recall may drop by at most this."
+    )
+    retrain_min_holdout: int = Field(
+        10, ge=1, description="Held-back reviews needed before they are a gate set."
+    )
+    auto_promote: bool = Field(
+        False, description="Move `production` to a challenger that passed the gate."
+    )
+    retrain_lease_s: float = Field(
+        120.0, gt=0, description="A training worker renews its trigger's lease within this."
+    )
+    retrain_device: Literal["cpu", "cuda"] = Field("cpu", description="Where retraining runs.")
+
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from eldefect.augment import build_augmentation
 from eldefect.card import ModelCard
-from eldefect.config import TrainConfig
+from eldefect.config import DataConfig, TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
 from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
 from eldefect.data.split import validation_split
@@ -86,8 +86,23 @@ def load_samples(
             )
     if root is None:
         raise ValueError("no dataset folder: give --data DIR or data.root in the config")
-    if data.format == "elpv":
-        return read_elpv(root, labels)
+    samples, report = read_folder(data, data.format, root, labels, cell_type=data.cell_type)
+    for source in data.sources:
+        more, more_report = read_folder(
+            data, source.format, source.root, labels, cell_type=source.cell_type
+        )
+        log.info("source %s: %s", source.root, more_report.summary())
+        samples += more
+        report.merge(more_report)
+    return samples, report
+
+
+def read_folder(
+    data: DataConfig, fmt: str, root: Path, labels: LabelSet, *, cell_type: str | None
+) -> tuple[list[Sample], LoadReport]:
+    """One labelled folder, read by its format's reader (the config's reader options)."""
+    if fmt == "elpv":
+        return read_elpv(root, labels, cell_type=cell_type)
     return read_voc(
         root,
         labels,

@@ -17,7 +17,7 @@ from eldefect.settings import Settings, get_settings, redact_url
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
-from gateway.routes import batches, health, jobs
+from gateway.routes import batches, drift, health, jobs, retrains, reviews
 from gateway.uploads import decode_slots
 from gateway.waiting import JobWatcher
 
@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Streamed bodies (no Content-Length) are cut off at the same limits while being read.
     app.include_router(jobs.router, max_body_size=limits["/v1/jobs"])
     app.include_router(batches.router, max_body_size=limits["/v1/batches"])
+    for operator_routes in (reviews, drift, retrains):  # JSON bodies, small
+        app.include_router(operator_routes.router, max_body_size=FORM_OVERHEAD_BYTES)
     install_openapi(app)
     return app
 

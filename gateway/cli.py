@@ -9,6 +9,7 @@ from db import jobs as crud
 from db.migrate import current as migration_current
 from db.migrate import head as migration_head
 from db.migrate import upgrade as migration_upgrade
+from db.models import TokenRole
 from db.session import session_scope
 from eldefect.settings import Settings, get_settings
 
@@ -52,17 +53,25 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
 
 @click.group()
 def token() -> None:
-    """Station tokens (Bearer auth for the HTTP API)."""
+    """Station and operator tokens (Bearer auth for the HTTP API)."""
 
 
 @token.command("create")
 @click.option("--station", required=True, help="Station name; created when it does not exist.")
-def token_create(station: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in TokenRole]),
+    default=TokenRole.station.value,
+    show_default=True,
+    help="station: submit and read its own jobs; operator: read every station's jobs, "
+    "review them, read drift, start retraining.",
+)
+def token_create(station: str, role: str) -> None:
     """Issue a new token for a station and print it (it is shown only this once)."""
     settings = get_settings()
     with session_scope(settings.database_url) as session:
         row = crud.get_or_create_station(session=session, name=station)
-        plaintext = crud.create_token(session=session, station_id=row.id)
+        plaintext = crud.create_token(session=session, station_id=row.id, role=TokenRole(role))
     click.echo(plaintext)
 
 
@@ -75,11 +84,13 @@ def token_list() -> None:
     if not tokens:
         click.echo("no tokens; create one with `eldefect token create --station NAME`")
         return
-    click.echo(f"{'station':<24} {'sha256 prefix':<14} {'created (UTC)':<20} state")
+    click.echo(f"{'station':<24} {'role':<9} {'sha256 prefix':<14} {'created (UTC)':<20} state")
     for info in tokens:
         state = "revoked" if info.revoked_at else "active"
         created = info.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{info.station:<24} {info.hash_prefix:<14} {created:<20} {state}")
+        click.echo(
+            f"{info.station:<24} {info.role:<9} {info.hash_prefix:<14} {created:<20} {state}"
+        )
 
 
 @token.command("revoke")

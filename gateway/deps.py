@@ -1,17 +1,18 @@
-"""Typed dependencies the routes declare: settings, a DB session, the calling station."""
+"""Typed dependencies the routes declare: settings, a DB session, the caller and its role."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from db.jobs import get_or_create_station, station_for_token
-from db.models import Station
+from db.jobs import caller_for_token, get_or_create_station
+from db.models import Station, TokenRole
 from db.session import get_sessionmaker
 from eldefect.settings import Settings
 from gateway.enqueue import Enqueuer
@@ -19,10 +20,12 @@ from gateway.errors import ApiError
 from gateway.waiting import JobWatcher
 
 ANONYMOUS_STATION = "anonymous"
+# With auth off (a developer's machine) the caller may do everything.
+OPERATOR = TokenRole.operator
 
 _bearer = HTTPBearer(
     auto_error=False,
-    description="A station token from `eldefect token create --station NAME`.",
+    description="A token from `eldefect token create --station NAME [--role operator]`.",
 )
 
 
@@ -47,28 +50,66 @@ def _unauthorized(message: str, error: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
-def get_current_station(
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's station and the token's role."""
+
+    station: Station
+    role: TokenRole
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == TokenRole.operator
+
+    @property
+    def scope(self) -> str | None:
+        """Whose jobs this caller reads: its own station's, or (operators) everyone's."""
+        return None if self.is_operator else self.station.id
+
+
+def get_caller(
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Station:
-    """The station the bearer token belongs to (or "anonymous" when auth is switched off)."""
+) -> Caller:
+    """The caller behind the bearer token ("anonymous" operator when auth is switched off)."""
     if not settings.auth_enabled:
-        return get_or_create_station(session=session, name=ANONYMOUS_STATION)
+        return Caller(get_or_create_station(session=session, name=ANONYMOUS_STATION), OPERATOR)
     if credentials is None or not credentials.credentials:
         raise _unauthorized(
             "missing bearer token: send 'Authorization: Bearer <station token>'",
             "invalid_request",
         )
-    station = station_for_token(session=session, token=credentials.credentials)
+    found = caller_for_token(session=session, token=credentials.credentials)
     # End the read transaction: a long-poll must not hold a pooled connection while it waits.
     session.commit()
-    if station is None:
+    if found is None:
         raise _unauthorized("the bearer token is not valid (unknown or revoked)", "invalid_token")
-    return station
+    return Caller(*found)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_current_station(caller: CallerDep) -> Station:
+    """The station the bearer token belongs to (or "anonymous" when auth is switched off)."""
+    return caller.station
+
+
+def require_operator(caller: CallerDep) -> Caller:
+    """Operator endpoints: a station token is known but not allowed (403, not 401)."""
+    if not caller.is_operator:
+        raise ApiError(
+            403,
+            "forbidden",
+            "this endpoint needs an operator token (`eldefect token create --station NAME "
+            "--role operator`); station tokens submit and read their own jobs only",
+        )
+    return caller
 
 
 CurrentStation = Annotated[Station, Depends(get_current_station)]
+OperatorDep = Annotated[Caller, Depends(require_operator)]
 
 
 def get_enqueuer(request: Request) -> Enqueuer:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from eldefect.broker import INFER_TASK, broker_options
+from eldefect.broker import INFER_TASK, RETRAIN_TASK, TRAINING_QUEUE, broker_options
 from eldefect.settings import Settings
 from gateway.metrics import ENQUEUE_FAILURES
 
@@ -85,6 +85,16 @@ class Enqueuer:
         if failed:
             ENQUEUE_FAILURES.inc(len(failed))
         return failed
+
+    def send_retrain(self, trigger_id: int) -> bool:
+        """Send `eldefect.retrain(trigger_id)` to the training queue; False when the broker
+        is down (the trigger stays queued and the beat's retrain check re-sends it)."""
+        try:
+            self.client.send_task(RETRAIN_TASK, args=[trigger_id], queue=TRAINING_QUEUE)
+        except Exception as exc:  # any broker failure: the trigger row is the truth
+            log.warning("could not send retrain trigger %d (%s); beat re-sends it", trigger_id, exc)
+            return False
+        return True
 
     def close(self) -> None:
         with self._lock:

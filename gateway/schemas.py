@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from db.models import Job, JobStatus
+from db.models import DriftReport, Job, JobStatus, RetrainTrigger, Review
 
 
 def iso_utc(value: datetime) -> str:
@@ -48,6 +48,45 @@ class ResultPublic(BaseModel):
     thresholds: dict[str, float] = Field(description="Per-label decision threshold used.")
 
 
+class ReviewCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defects: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        max_length=100,
+        description="Every defect the image really shows (labels of the model's label set); "
+        "an empty list says the cell is defect-free.",
+    )
+    comment: str | None = Field(None, max_length=4000)
+
+
+class ReviewPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    job_id: str
+    defects: list[str]
+    comment: str | None
+    reviewed_at: UtcDatetime
+    reviewer: str | None = Field(description="The operator token's station name.")
+    model: ModelRef = Field(description="The model whose result was reviewed.")
+
+    @classmethod
+    def from_review(cls, review: Review) -> ReviewPublic:
+        return cls(
+            id=review.id,
+            job_id=review.job_id,
+            defects=list(review.defects),
+            comment=review.comment,
+            reviewed_at=review.created_at,
+            reviewer=review.reviewer.name if review.reviewer is not None else None,
+            model=ModelRef(name=review.model_name, version=review.model_version),
+        )
+
+
+class ReviewList(BaseModel):
+    reviews: list[ReviewPublic] = Field(description="Newest first; superseded ones included.")
+
+
 class JobPublic(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed"]
@@ -57,6 +96,9 @@ class JobPublic(BaseModel):
     cell_id: str | None
     result: ResultPublic | None = Field(description="Null until the job has succeeded.")
     error: ErrorDetail | None = Field(description="Why the job failed; null otherwise.")
+    review: ReviewPublic | None = Field(
+        None, description="The operator review in force (the latest); null when none."
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -83,12 +125,125 @@ class JobPublic(BaseModel):
             cell_id=job.cell_id,
             result=result,
             error=error,
+            review=ReviewPublic.from_review(job.reviews[-1]) if job.reviews else None,
         )
 
 
 class BatchPublic(BaseModel):
     id: str
     jobs: list[JobPublic] = Field(description="One job per uploaded file, in upload order.")
+
+
+class DriftMeasurePublic(BaseModel):
+    kind: str = Field(description="feature (an input statistic) or class (a positive rate)")
+    name: str
+    window_value: float
+    reference_value: float
+    z: float
+    effect: float
+    drifted: bool
+
+
+class DriftReportPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    created_at: UtcDatetime
+    model: ModelRef
+    verdict: Literal["ok", "drift", "insufficient_data"]
+    n: int = Field(description="Served images in the window.")
+    window_start: UtcDatetime | None
+    window_end: UtcDatetime | None
+    thresholds: dict[str, Any]
+    notes: list[str]
+    measures: list[DriftMeasurePublic]
+
+    @classmethod
+    def from_report(cls, report: DriftReport) -> DriftReportPublic:
+        return cls(
+            id=report.id,
+            created_at=report.created_at,
+            model=ModelRef(name=report.model_name, version=report.model_version),
+            verdict=report.verdict.value,
+            n=report.n,
+            window_start=report.window_start,
+            window_end=report.window_end,
+            thresholds=dict(report.thresholds),
+            notes=list(report.notes),
+            measures=[
+                DriftMeasurePublic(
+                    kind=m.kind,
+                    name=m.name,
+                    window_value=m.window_value,
+                    reference_value=m.reference_value,
+                    z=m.z,
+                    effect=m.effect,
+                    drifted=m.drifted,
+                )
+                for m in report.measures
+            ],
+        )
+
+
+class DriftReportList(BaseModel):
+    reports: list[DriftReportPublic] = Field(description="Newest first.")
+
+
+class RetrainCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1, max_length=2000, description="Why, for the record (free text)."
+    )
+
+
+class RetrainPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: int
+    reason: Literal["drift", "reviews", "schedule", "manual"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    decision: Literal["promoted", "staged", "rejected"] | None = Field(
+        description="What the gate did with the challenger (succeeded triggers)."
+    )
+    requested_by: str
+    note: str | None
+    inputs: dict[str, Any] = Field(description="What fired it: drift report ids, review counts.")
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    run_id: str | None
+    model: ModelRef | None = Field(description="The registered challenger.")
+    champion_version: str | None
+    gate: dict[str, Any] = Field(description="Every number the gate compared, and why.")
+    error: str | None
+
+    @classmethod
+    def from_trigger(cls, t: RetrainTrigger) -> RetrainPublic:
+        model = None
+        if t.model_name and t.model_version:
+            model = ModelRef(name=t.model_name, version=t.model_version)
+        return cls(
+            id=t.id,
+            reason=t.reason,
+            status=t.status.value,
+            decision=t.decision,
+            requested_by=t.requested_by,
+            note=t.note,
+            inputs=dict(t.inputs),
+            created_at=t.created_at,
+            started_at=t.started_at,
+            finished_at=t.finished_at,
+            run_id=t.run_id,
+            model=model,
+            champion_version=t.champion_version,
+            gate=dict(t.gate),
+            error=t.error,
+        )
+
+
+class RetrainList(BaseModel):
+    retrains: list[RetrainPublic] = Field(description="Newest first.")
 
 
 class HealthPublic(BaseModel):
@@ -115,7 +270,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for these error statuses, all with the ErrorBody schema."""
     descriptions = {
         401: "Missing or invalid bearer token.",
+        403: "The token's role may not use this endpoint (operator endpoints).",
         404: "No such resource for this station.",
+        409: "The resource is not in a state that allows this.",
         413: "Upload larger than the byte limit, or an image with too many pixels.",
         415: "The bytes are not an image in a supported format (PNG, JPEG, TIFF, BMP).",
         400: "Bad request (an empty upload, a body that is not valid multipart).",

@@ -14,7 +14,13 @@ from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
-from eldefect.broker import INFER_TASK, SWEEP_TASK, broker_options
+from eldefect.broker import (
+    INFER_TASK,
+    RETRAIN_CHECK_TASK,
+    RETRAIN_TASK,
+    SWEEP_TASK,
+    broker_options,
+)
 from eldefect.settings import Settings, get_settings
 
 
@@ -59,6 +65,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             INFER_TASK: {"queue": settings.inference_queue},
             SWEEP_TASK: {"queue": Queue.MAINTENANCE.value},
+            RETRAIN_CHECK_TASK: {"queue": Queue.MAINTENANCE.value},
+            RETRAIN_TASK: {"queue": Queue.TRAINING.value},
         },
         "task_create_missing_queues": True,
         "beat_schedule": beat_schedule(settings),
@@ -73,7 +81,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.uses_embedded_broker:
         settings.ensure_var_dir()
-    celery_app = Celery("eldefect", include=["workers.tasks"])
+    celery_app = Celery("eldefect", include=["workers.tasks", "workers.retrain_tasks"])
     celery_app.conf.update(celery_config(settings))
     return celery_app
 

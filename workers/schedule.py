@@ -21,4 +21,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.sweep_interval_s,
             "options": {"queue": "maintenance", "expires": settings.sweep_interval_s},
         },
+        # Fail trainings whose worker died, and open a retrain trigger when drift, new
+        # reviews or the schedule call for one (workers/retrain_policy.py).
+        "retrain-check": {
+            "task": "eldefect.retrain_check",
+            "schedule": settings.retrain_check_interval_s,
+            "options": {"queue": "maintenance", "expires": settings.retrain_check_interval_s},
+        },
     }

@@ -44,6 +44,15 @@ class LoadReport:
     unknown_labels: Counter[str] = field(default_factory=Counter)
     unreadable_images: list[str] = field(default_factory=list)
 
+    def merge(self, other: LoadReport) -> None:
+        """Add another folder's findings to this report."""
+        self.images += other.images
+        self.missing_annotation += other.missing_annotation
+        self.empty_annotation += other.empty_annotation
+        self.bad_annotation += other.bad_annotation
+        self.unknown_labels.update(other.unknown_labels)
+        self.unreadable_images += other.unreadable_images
+
     def summary(self) -> str:
         parts = [f"{self.images} images"]
         for name, items in (
@@ -110,8 +119,13 @@ def read_voc(
     return samples, report
 
 
-def read_elpv(root: Path, labels: LabelSet) -> tuple[list[Sample], LoadReport]:
-    """Read ELPV's `labels.csv` (path, defect probability, cell type); defective = p >= 0.5."""
+def read_elpv(
+    root: Path, labels: LabelSet, *, cell_type: str | None = None
+) -> tuple[list[Sample], LoadReport]:
+    """Read ELPV's `labels.csv` (path, defect probability, cell type); defective = p >= 0.5.
+
+    With `cell_type` ("mono" or "poly") only cells of that type are read.
+    """
     if len(labels) != 1:
         raise DatasetError(f"ELPV has one target; label set {labels.name!r} has {len(labels)}")
     csv_path = root / "labels.csv"
@@ -129,6 +143,9 @@ def read_elpv(root: Path, labels: LabelSet) -> tuple[list[Sample], LoadReport]:
                 probability = float(row[1])
             except (IndexError, ValueError):
                 report.bad_annotation.append(" ".join(row))
+                continue
+            if cell_type is not None and (len(row) < 3 or row[2] != cell_type):
+                report.images -= 1
                 continue
             if not path.is_file():
                 report.unreadable_images.append(row[0])

@@ -14,6 +14,7 @@ from db.models import Job
 from db.session import get_sessionmaker
 from eldefect.settings import Settings
 from gateway.deps import (
+    CallerDep,
     CurrentStation,
     DecodeSlotsDep,
     EnqueuerDep,
@@ -138,7 +139,7 @@ async def submit_job(
     return JobPublic.from_job(job)
 
 
-def _read_job(database_url: str, job_id: str, station_id: str) -> JobPublic | None:
+def _read_job(database_url: str, job_id: str, station_id: str | None) -> JobPublic | None:
     with get_sessionmaker(database_url)() as session:
         job = crud.get_job_for_station(session=session, job_id=job_id, station_id=station_id)
         return None if job is None else JobPublic.from_job(job)
@@ -146,7 +147,7 @@ def _read_job(database_url: str, job_id: str, station_id: str) -> JobPublic | No
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(401, 404, 422))
 async def read_job(
-    station: CurrentStation,
+    caller: CallerDep,
     settings: SettingsDep,
     watcher: WatcherDep,
     job_id: str,
@@ -160,8 +161,8 @@ async def read_job(
         ),
     ] = 0,
 ) -> JobPublic:
-    """Read a job; with `wait`, answer as soon as it ends or the wait runs out."""
-    station_id = station.id
+    """Read a job (operators: any station's); with `wait`, answer as soon as it ends."""
+    station_id = caller.scope
     job = await run_in_threadpool(_read_job, settings.database_url, job_id, station_id)
     if job is None:
         raise job_not_found(job_id)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from db import jobs as crud
 from db.migrate import upgrade
+from db.models import TokenRole
 from db.session import get_engine, session_scope
 from eldefect.settings import Settings, get_settings
 from gateway.app import create_app
@@ -60,10 +61,10 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
 
 
-def issue_token(database_url: str, station: str) -> str:
+def issue_token(database_url: str, station: str, role: str = "station") -> str:
     with session_scope(database_url) as session:
         row = crud.get_or_create_station(session=session, name=station)
-        return crud.create_token(session=session, station_id=row.id)
+        return crud.create_token(session=session, station_id=row.id, role=TokenRole(role))
 
 
 @pytest.fixture

@@ -14,7 +14,17 @@ from tests.gateway import factories
 from tests.gateway.conftest import issue_token, job_count
 
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-JOB_KEYS = {"id", "status", "created_at", "finished_at", "module_id", "cell_id", "result", "error"}
+JOB_KEYS = {
+    "id",
+    "status",
+    "created_at",
+    "finished_at",
+    "module_id",
+    "cell_id",
+    "result",
+    "error",
+    "review",
+}
 
 
 def _db(client: TestClient) -> str:

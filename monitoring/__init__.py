@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics, Prometheus metric definitions and collectors."""
