@@ -14,7 +14,7 @@ from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
-from eldefect.broker import INFER_TASK, SWEEP_TASK, broker_options
+from eldefect.broker import INFER_TASK, PRUNE_TASK, SWEEP_TASK, broker_options
 from eldefect.settings import Settings, get_settings
 
 
@@ -59,6 +59,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             INFER_TASK: {"queue": settings.inference_queue},
             SWEEP_TASK: {"queue": Queue.MAINTENANCE.value},
+            PRUNE_TASK: {"queue": Queue.MAINTENANCE.value},
         },
         "task_create_missing_queues": True,
         "beat_schedule": beat_schedule(settings),

@@ -9,7 +9,9 @@ from typing import Any
 from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
-from eldefect.broker import INFER_TASK, SWEEP_TASK
+from db.retention import prune_images as prune_images_before
+from db.retention import retention_cutoff
+from eldefect.broker import INFER_TASK, PRUNE_TASK, SWEEP_TASK
 from eldefect.settings import get_settings
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
@@ -64,6 +66,29 @@ def sweep() -> dict[str, int]:
         "requeued_expired": len(report.requeued_expired),
         "failed": len(report.failed),
     }
+
+
+@app.task(
+    name=PRUNE_TASK,
+    # Idempotent like the sweep: a lost or failed run is redone at the next tick.
+    acks_late=False,
+    ignore_result=True,
+)
+def prune_images() -> dict[str, int]:
+    """Delete the image bytes of jobs that ended more than image_retention_days ago."""
+    settings = get_settings()
+    before = retention_cutoff(settings.image_retention_days)
+    if before is None:  # 0 days: keep every image
+        return {"images": 0, "bytes": 0}
+    report = prune_images_before(settings.database_url, before=before)
+    if report.images:
+        log.info(
+            "retention: deleted %d images (%d bytes) of jobs ended before %s",
+            report.images,
+            report.bytes,
+            before.isoformat(timespec="seconds"),
+        )
+    return {"images": report.images, "bytes": report.bytes}
 
 
 @worker_ready.connect
