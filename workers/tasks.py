@@ -15,7 +15,8 @@ from eldefect.broker import INFER_TASK, PRUNE_TASK, SWEEP_TASK
 from eldefect.settings import get_settings
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
-from workers.inference import process_batch, run_sweep
+from workers.claims import HeldClaims, release_claims
+from workers.inference import process_batch, run_sweep, wake_up
 from workers.model_cache import ModelUnavailableError, get_model_cache
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,10 @@ log = logging.getLogger(__name__)
 def infer(job_id: str) -> dict[str, Any]:
     """Run one batch of queued jobs, this message's job first (a no-op if it is done)."""
     report = process_batch(
-        settings=get_settings(), model_source=get_model_cache().get, prefer=job_id
+        settings=get_settings(),
+        model_source=get_model_cache().get,
+        prefer=job_id,
+        on_unreleased=HELD_CLAIMS.hold,
     )
     return report.as_dict()
 
@@ -49,6 +53,14 @@ def infer(job_id: str) -> dict[str, Any]:
 def send_infer(job_id: str) -> object:
     settings = get_settings()
     return app.send_task(INFER_TASK, args=[job_id], queue=settings.inference_queue)
+
+
+# Jobs a batch claimed just as the database went away: handed back, and woken up, as soon as
+# it answers again, instead of at the end of their lease (workers/claims.py).
+HELD_CLAIMS = HeldClaims(
+    release=lambda jobs: release_claims(get_settings().database_url, jobs),
+    wake=lambda ids: wake_up(ids, send=send_infer, batch_size=get_settings().batch_size),
+)
 
 
 @app.task(
