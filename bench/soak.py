@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from numpy.random import default_rng
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -94,7 +95,7 @@ class Child:
 
 
 def png(seed: int, size: int) -> bytes:
-    pixels = (np.random.default_rng(seed).random((size, size)) * 255).astype(np.uint8)
+    pixels = (default_rng(seed).random((size, size)) * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
