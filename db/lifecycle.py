@@ -231,14 +231,24 @@ def fail_jobs(
 
 
 def release_jobs(
-    *, session: Session, job_ids: Sequence[str], now: datetime | None = None
+    *,
+    session: Session,
+    job_ids: Sequence[str],
+    started_at: datetime | None = None,
+    now: datetime | None = None,
 ) -> list[str]:
-    """Give running jobs back to the queue (the batch hit a transient error)."""
+    """Give running jobs back to the queue (the batch hit a transient error).
+
+    With `started_at` (the time of the claim being handed back) only that claim is undone: a
+    release that comes late, after the sweep requeued the job and another worker claimed it,
+    must not take the job from under that worker.
+    """
     if not job_ids:
         return []
+    mine = () if started_at is None else (Job.started_at == started_at,)
     rows = session.execute(
         update(Job)
-        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.running)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.running, *mine)
         .values(
             status=JobStatus.queued,
             started_at=None,

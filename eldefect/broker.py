@@ -18,6 +18,7 @@ SWEEP_TASK = "eldefect.sweep"
 RETRAIN_CHECK_TASK = "eldefect.retrain_check"
 RETRAIN_TASK = "eldefect.retrain"
 TRAINING_QUEUE = "training"
+PRUNE_TASK = "eldefect.prune_images"
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:

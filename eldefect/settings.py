@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         3, ge=1, description="Claims of one job before the sweep fails it as worker_lost."
     )
     sweep_interval_s: float = Field(5.0, gt=0, description="How often beat runs the sweep.")
+    image_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days an ended job keeps its image bytes (results stay); 0 keeps them forever.",
+    )
+    prune_interval_s: float = Field(
+        3600.0, gt=0, description="How often beat deletes images past their retention."
+    )
     inference_queue: str = Field(
         "inference.cpu", description="Queue the gateway and the sweep send inference tasks to."
     )

@@ -10,6 +10,7 @@ from db.migrate import current as migration_current
 from db.migrate import head as migration_head
 from db.migrate import upgrade as migration_upgrade
 from db.models import TokenRole
+from db.retention import count_prunable, prune_images, retention_cutoff
 from db.session import session_scope
 from eldefect.settings import Settings, get_settings
 
@@ -108,7 +109,7 @@ def token_revoke(station: str) -> None:
 
 @click.group()
 def db() -> None:
-    """Database schema (Alembic migrations)."""
+    """Database schema (Alembic migrations) and retention."""
 
 
 @db.command("upgrade")
@@ -127,4 +128,35 @@ def db_current() -> None:
     settings = get_settings()
     click.echo(
         f"current: {migration_current(settings.database_url) or 'empty'}; head: {migration_head()}"
+    )
+
+
+@db.command("prune")
+@click.option(
+    "--days",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Keep images of jobs that ended in the last DAYS days "
+    "[default: ELDEFECT_IMAGE_RETENTION_DAYS; 0 keeps all].",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+def db_prune(days: int | None, dry_run: bool) -> None:
+    """Delete the image bytes of jobs that ended long ago (jobs, results and stats stay)."""
+    settings = get_settings()
+    days = settings.image_retention_days if days is None else days
+    before = retention_cutoff(days)
+    if before is None:
+        click.echo("retention is 0 days: every image is kept; nothing to prune")
+        return
+    when = before.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if dry_run:
+        with session_scope(settings.database_url) as session:
+            report = count_prunable(session=session, before=before)
+        verb = "would delete"
+    else:
+        report = prune_images(settings.database_url, before=before)
+        verb = "deleted"
+    click.echo(
+        f"{verb} {report.images} image(s), {report.bytes / 2**20:.1f} MiB, "
+        f"of jobs that ended before {when} ({days} days)"
     )

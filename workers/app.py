@@ -16,6 +16,7 @@ from kombu import Queue as KombuQueue
 
 from eldefect.broker import (
     INFER_TASK,
+    PRUNE_TASK,
     RETRAIN_CHECK_TASK,
     RETRAIN_TASK,
     SWEEP_TASK,
@@ -67,6 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             SWEEP_TASK: {"queue": Queue.MAINTENANCE.value},
             RETRAIN_CHECK_TASK: {"queue": Queue.MAINTENANCE.value},
             RETRAIN_TASK: {"queue": Queue.TRAINING.value},
+            PRUNE_TASK: {"queue": Queue.MAINTENANCE.value},
         },
         "task_create_missing_queues": True,
         "beat_schedule": beat_schedule(settings),

@@ -22,6 +22,7 @@ from db.session import session_scope
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
+from workers.claims import release_claims
 from workers.model_cache import ServingModel
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,12 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
     deadline = time.monotonic() + settings.batch_wait_ms / 1000.0
     while len(jobs) < size and (remaining := deadline - time.monotonic()) > 0:
         time.sleep(min(_POLL_S, remaining))
-        with session_scope(url) as session:
-            jobs += lifecycle.claim_jobs(session=session, limit=size - len(jobs), lease_s=lease)
+        try:
+            with session_scope(url) as session:
+                jobs += lifecycle.claim_jobs(session=session, limit=size - len(jobs), lease_s=lease)
+        except OperationalError:  # the database went away: go on with (and answer for) these
+            log.warning("database lost while filling a batch; going on with %d jobs", len(jobs))
+            break
     return jobs
 
 
@@ -114,8 +119,13 @@ def process_batch(
     settings: Settings,
     model_source: Callable[[], ServingModel],
     prefer: str | None = None,
+    on_unreleased: Callable[[Sequence[lifecycle.ClaimedJob]], None] | None = None,
 ) -> BatchReport:
-    """Run one batch; a no-op when no job is queued (e.g. a redelivered message)."""
+    """Run one batch; a no-op when no job is queued (e.g. a redelivered message).
+
+    `on_unreleased` takes the claimed jobs when the database fails and cannot even take them
+    back (workers/claims.py holds them until it can); without it they wait for their lease.
+    """
     model = model_source()  # before claiming: without a model, jobs stay queued for others
     report = BatchReport(model_version=str(model.version))
     jobs: list[lifecycle.ClaimedJob] = []
@@ -155,13 +165,13 @@ def process_batch(
             )
             report.failed = lifecycle.fail_jobs(session=session, errors=errors)
     except OperationalError:  # transient (the task retries): another try for these jobs
-        _release(settings, report.claimed)
+        _release(settings, jobs, on_unreleased)
         raise
     except Exception as exc:  # a retry would fail the same way: end these jobs, do not loop
         _fail_internal(settings, report.claimed, exc)
         raise
     except BaseException:  # the worker is stopping: hand the jobs back now
-        _release(settings, report.claimed)
+        _release(settings, jobs, None)
         raise
     log.info(
         "batch of %d: %d succeeded, %d failed, forward pass %.1f ms, %s version %s",
@@ -187,13 +197,28 @@ def _fail_internal(settings: Settings, job_ids: list[str], exc: Exception) -> No
         log.warning("could not fail %d jobs; the sweep will retry them", len(job_ids))
 
 
-def _release(settings: Settings, job_ids: list[str]) -> None:
-    """Best effort: hand claimed jobs back now rather than when their lease runs out."""
+def _release(
+    settings: Settings,
+    jobs: Sequence[lifecycle.ClaimedJob],
+    on_unreleased: Callable[[Sequence[lifecycle.ClaimedJob]], None] | None,
+) -> None:
+    """Hand claimed jobs back now rather than when their lease runs out."""
+    if not jobs:
+        return
     try:
-        with session_scope(settings.database_url) as session:
-            lifecycle.release_jobs(session=session, job_ids=job_ids)
-    except Exception:  # the database may be what failed; the sweep then requeues at lease end
-        log.warning("could not release %d claimed jobs; the sweep will", len(job_ids))
+        release_claims(settings.database_url, jobs)
+    except Exception:  # the database may be what failed
+        if on_unreleased is None:
+            log.warning("could not release %d claimed jobs; the sweep will", len(jobs))
+        else:
+            on_unreleased(jobs)
+
+
+def wake_up(job_ids: Sequence[str], *, send: Callable[[str], object], batch_size: int) -> None:
+    """One wake-up message per batch: a batch claims the oldest queued jobs, whichever
+    message woke it."""
+    for job_id in job_ids[::batch_size]:
+        send(job_id)
 
 
 def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle.SweepReport:
@@ -204,9 +229,7 @@ def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle
             requeue_after_s=settings.requeue_after_s,
             max_attempts=settings.max_attempts,
         )
-    # One wake-up per batch: a batch claims the oldest queued jobs, whichever message woke it.
-    for job_id in report.to_enqueue[:: settings.batch_size]:
-        send(job_id)
+    wake_up(report.to_enqueue, send=send, batch_size=settings.batch_size)
     if report.to_enqueue or report.failed:
         log.warning(
             "sweep: re-sent %d queued too long, requeued %d whose worker died, failed %d",

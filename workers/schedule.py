@@ -28,4 +28,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.retrain_check_interval_s,
             "options": {"queue": "maintenance", "expires": settings.retrain_check_interval_s},
         },
+        # Delete the image bytes of jobs that ended more than image_retention_days ago (their
+        # results and input statistics stay). Cheap when there is nothing to delete.
+        "prune-old-images": {
+            "task": "eldefect.prune_images",
+            "schedule": settings.prune_interval_s,
+            "options": {"queue": "maintenance", "expires": settings.prune_interval_s},
+        },
     }

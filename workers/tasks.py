@@ -9,11 +9,14 @@ from typing import Any
 from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
-from eldefect.broker import INFER_TASK, SWEEP_TASK
+from db.retention import prune_images as prune_images_before
+from db.retention import retention_cutoff
+from eldefect.broker import INFER_TASK, PRUNE_TASK, SWEEP_TASK
 from eldefect.settings import get_settings
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
-from workers.inference import process_batch, run_sweep
+from workers.claims import HeldClaims, release_claims
+from workers.inference import process_batch, run_sweep, wake_up
 from workers.model_cache import ModelUnavailableError, get_model_cache
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,10 @@ log = logging.getLogger(__name__)
 def infer(job_id: str) -> dict[str, Any]:
     """Run one batch of queued jobs, this message's job first (a no-op if it is done)."""
     report = process_batch(
-        settings=get_settings(), model_source=get_model_cache().get, prefer=job_id
+        settings=get_settings(),
+        model_source=get_model_cache().get,
+        prefer=job_id,
+        on_unreleased=HELD_CLAIMS.hold,
     )
     return report.as_dict()
 
@@ -47,6 +53,14 @@ def infer(job_id: str) -> dict[str, Any]:
 def send_infer(job_id: str) -> object:
     settings = get_settings()
     return app.send_task(INFER_TASK, args=[job_id], queue=settings.inference_queue)
+
+
+# Jobs a batch claimed just as the database went away: handed back, and woken up, as soon as
+# it answers again, instead of at the end of their lease (workers/claims.py).
+HELD_CLAIMS = HeldClaims(
+    release=lambda jobs: release_claims(get_settings().database_url, jobs),
+    wake=lambda ids: wake_up(ids, send=send_infer, batch_size=get_settings().batch_size),
+)
 
 
 @app.task(
@@ -64,6 +78,29 @@ def sweep() -> dict[str, int]:
         "requeued_expired": len(report.requeued_expired),
         "failed": len(report.failed),
     }
+
+
+@app.task(
+    name=PRUNE_TASK,
+    # Idempotent like the sweep: a lost or failed run is redone at the next tick.
+    acks_late=False,
+    ignore_result=True,
+)
+def prune_images() -> dict[str, int]:
+    """Delete the image bytes of jobs that ended more than image_retention_days ago."""
+    settings = get_settings()
+    before = retention_cutoff(settings.image_retention_days)
+    if before is None:  # 0 days: keep every image
+        return {"images": 0, "bytes": 0}
+    report = prune_images_before(settings.database_url, before=before)
+    if report.images:
+        log.info(
+            "retention: deleted %d images (%d bytes) of jobs ended before %s",
+            report.images,
+            report.bytes,
+            before.isoformat(timespec="seconds"),
+        )
+    return {"images": report.images, "bytes": report.bytes}
 
 
 @worker_ready.connect

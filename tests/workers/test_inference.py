@@ -173,3 +173,53 @@ def test_a_non_transient_error_fails_the_batch_instead_of_looping(db_url: str) -
         jobs = [session.get(Job, i) for i in ids]
         assert all(j is not None and j.status == JobStatus.failed for j in jobs)
         assert {j.error_code for j in jobs if j is not None} == {"internal_error"}
+
+
+def test_claims_the_database_cannot_take_back_are_held_and_released_when_it_returns(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away mid-batch: neither the results nor the release can be written.
+    The claims are held in memory and handed back (and woken up) once it answers again, not
+    at the end of their lease."""
+    from sqlalchemy.exc import OperationalError
+
+    from workers.claims import HeldClaims, release_claims
+
+    ids = queued_jobs(db_url, [png_bytes(i) for i in range(3)])
+    database_down = threading.Event()
+    database_down.set()
+    real_release = lifecycle.release_jobs
+
+    def broken(**_: Any) -> list[str]:
+        raise OperationalError("UPDATE", {}, Exception("connection refused"))
+
+    def release_jobs(**kwargs: Any) -> list[str]:
+        if database_down.is_set():
+            broken()
+        return real_release(**kwargs)
+
+    woken: list[list[str]] = []
+    held = HeldClaims(
+        release=lambda jobs: release_claims(db_url, jobs), wake=woken.append, retry_s=0.05
+    )
+    monkeypatch.setattr(lifecycle, "record_results", broken)
+    monkeypatch.setattr(lifecycle, "release_jobs", release_jobs)
+    with pytest.raises(OperationalError):
+        process_batch(
+            settings=settings_for(db_url, running_timeout_s=300),
+            model_source=FakeModel,
+            on_unreleased=held.hold,
+        )
+    time.sleep(0.2)  # several failed tries
+    assert held.held() == sorted(ids)
+    with session_scope(db_url) as session:
+        assert {j.status for j in session.scalars(select(Job))} == {JobStatus.running}
+
+    database_down.clear()  # the database is back
+    assert held.wait_empty(timeout=5)
+    with session_scope(db_url) as session:
+        assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
+    assert [sorted(batch) for batch in woken] == [sorted(ids)]
+    monkeypatch.undo()
+    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
+    assert sorted(report.succeeded) == sorted(ids)

@@ -139,6 +139,26 @@ def test_release_gives_claimed_jobs_back(db_url: str) -> None:
     assert sorted(j.id for j in again) == sorted(ids)
 
 
+def test_a_late_release_does_not_undo_a_later_claim(db_url: str) -> None:
+    (job_id,) = _jobs(db_url, 1)
+    with session_scope(db_url) as session:
+        (first,) = lifecycle.claim_jobs(session=session, limit=1, lease_s=60)
+    with session_scope(db_url) as session:  # the sweep requeued it; another worker claims it
+        lifecycle.release_jobs(session=session, job_ids=[job_id])
+        (second,) = lifecycle.claim_jobs(
+            session=session, limit=1, lease_s=60, now=first.started_at + timedelta(seconds=1)
+        )
+    with session_scope(db_url) as session:
+        late = lifecycle.release_jobs(
+            session=session, job_ids=[job_id], started_at=first.started_at
+        )
+        assert late == []
+        current = lifecycle.release_jobs(
+            session=session, job_ids=[job_id], started_at=second.started_at
+        )
+        assert current == [job_id]
+
+
 def test_sweep_resends_stale_requeues_expired_and_fails_exhausted(db_url: str) -> None:
     now = lifecycle.utcnow()
     old, past, future = (
