@@ -14,6 +14,7 @@ from eldefect.settings import Settings
 
 INFER_TASK = "eldefect.infer"
 SWEEP_TASK = "eldefect.sweep"
+DRIFT_TASK = "eldefect.drift"
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:
