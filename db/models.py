@@ -168,7 +168,7 @@ class Result(Base):
 
 
 class InputStats(Base):
-    """Intensity statistics of a served image (eldefect.stats.FEATURES), for drift."""
+    """Statistics of a served image (eldefect.stats.FEATURES), for drift."""
 
     __tablename__ = "input_stats"
 
@@ -178,6 +178,8 @@ class InputStats(Base):
     p10: Mapped[float] = mapped_column(Float)
     p50: Mapped[float] = mapped_column(Float)
     p90: Mapped[float] = mapped_column(Float)
+    # Added after the intensity statistics: rows stored before revision 0003 have none.
+    texture: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

@@ -13,7 +13,7 @@ served `drift_min_n` images.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -228,6 +228,30 @@ def _positives(defects: Sequence[Sequence[str]], classes: Sequence[str]) -> np.n
     )
 
 
+def _measurable(
+    window: Window, reference: Mapping[str, object], notes: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """The window's columns drift can compare: statistics the reference profile has (older
+    models lack newer ones) and every result in the window has (rows stored before a statistic
+    existed hold NULL). What is left out is said in `notes`."""
+    keep: list[int] = []
+    for i, name in enumerate(FEATURES):
+        missing = int(np.isnan(window.features[:, i]).sum())
+        if name not in reference:
+            notes.append(
+                f"the reference profile has no {name!r} (the model was registered before that "
+                "statistic existed): not measured"
+            )
+        elif missing:
+            notes.append(
+                f"{name!r} is missing for {missing} of {window.n} results (served before that "
+                "statistic existed): not measured"
+            )
+        else:
+            keep.append(i)
+    return window.features[:, keep], [FEATURES[i] for i in keep]
+
+
 def check_drift(
     *, session: Session, settings: Settings, model: ProductionModel, now: datetime | None = None
 ) -> ReportView:
@@ -245,6 +269,7 @@ def check_drift(
     )
     profile = model.card.profile
     notes: list[str] = []
+    features, names = _measurable(window, profile.get("features", {}), notes)
     reference_rates = profile.get("predicted_positive_rates")
     if reference_rates is None:
         notes.append(NO_PREDICTION_PROFILE)
@@ -255,9 +280,9 @@ def check_drift(
         )
     classes = list(model.card.labels)
     result = measure_drift(
-        features=window.features,
-        feature_names=FEATURES,
-        feature_reference=profile["features"],
+        features=features,
+        feature_names=names,
+        feature_reference=profile.get("features", {}),
         positives=_positives(window.defects, classes) if reference_rates is not None else None,
         classes=classes,
         reference_rates=reference_rates,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def serve(
     n: int,
     crack_every: int = 4,
     at: datetime | None = None,
+    features: Sequence[str] = FEATURES,
 ) -> list[str]:
     """Store `n` results of `version` as a worker would: statistics near `level` (a +-0.02
     spread), `crack` predicted for every `crack_every`-th image, all stamped `at`."""
@@ -87,7 +89,7 @@ def serve(
                 probabilities={"crack": 0.9 if i % crack_every == 0 else 0.1, "finger": 0.0},
                 defects=["crack"] if i % crack_every == 0 else [],
                 thresholds=dict.fromkeys(LABELS, 0.5),
-                stats=dict.fromkeys(FEATURES, float(level + spread[i])),
+                stats=dict.fromkeys(features, float(level + spread[i])),
                 queue_wait_ms=1.0,
                 inference_ms=1.0,
             )
@@ -177,6 +179,22 @@ def test_an_old_profile_without_predicted_rates_gets_a_note_not_a_failure(db_url
     assert report.verdict is Verdict.ok
     assert NO_PREDICTION_PROFILE in report.notes
     assert {m.kind for m in report.measures} == {Kind.feature}
+
+
+def test_a_statistic_the_profile_or_the_results_lack_is_skipped_with_a_note(db_url: str) -> None:
+    intensity = [f for f in FEATURES if f != "texture"]
+    older = {**PROFILE, "features": {f: PROFILE["features"][f] for f in intensity}}  # type: ignore[index]
+    serve(db_url, version="1", level=0.5, n=30)
+    report = check(db_url, "1", profile=older)
+    assert [m.name for m in report.measures if m.kind is Kind.feature] == intensity
+    assert any("no 'texture'" in note for note in report.notes)
+
+    serve(db_url, version="2", level=0.5, n=30, features=intensity)  # rows from older workers
+    serve(db_url, version="2", level=0.5, n=30)
+    mixed = check(db_url, "2")
+    assert mixed.n == 60 and mixed.verdict is Verdict.ok
+    assert [m.name for m in mixed.measures if m.kind is Kind.feature] == intensity
+    assert any("'texture' is missing for 30 of 60" in note for note in mixed.notes)
 
 
 def test_latest_mode_takes_the_newest_results_within_max_age(db_url: str) -> None:
