@@ -178,7 +178,7 @@ class InputStats(Base):
     p10: Mapped[float] = mapped_column(Float)
     p50: Mapped[float] = mapped_column(Float)
     p90: Mapped[float] = mapped_column(Float)
-    # Added after the intensity statistics: rows stored before revision 0003 have none.
+    # Added after the intensity statistics: rows stored before revision 0004 have none.
     texture: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
