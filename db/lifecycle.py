@@ -200,7 +200,12 @@ def record_results(
                 insert(InputStats).values(
                     job_id=outcome.job_id,
                     created_at=now,
-                    **{k: float(outcome.stats[k]) for k in ("mean", "std", "p10", "p50", "p90")},
+                    # Every statistic the table has a column for; db knows no feature list.
+                    **{
+                        k: float(v)
+                        for k, v in outcome.stats.items()
+                        if k in InputStats.__table__.columns
+                    },
                 )
             )
         written.append(outcome.job_id)

@@ -179,7 +179,7 @@ class Result(Base):
 
 
 class InputStats(Base):
-    """Intensity statistics of a served image (eldefect.stats.FEATURES), for drift."""
+    """Statistics of a served image (eldefect.stats.FEATURES), for drift."""
 
     __tablename__ = "input_stats"
 
@@ -189,6 +189,8 @@ class InputStats(Base):
     p10: Mapped[float] = mapped_column(Float)
     p50: Mapped[float] = mapped_column(Float)
     p90: Mapped[float] = mapped_column(Float)
+    # Added after the intensity statistics: rows stored before revision 0004 have none.
+    texture: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

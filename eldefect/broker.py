@@ -19,6 +19,7 @@ RETRAIN_CHECK_TASK = "eldefect.retrain_check"
 RETRAIN_TASK = "eldefect.retrain"
 TRAINING_QUEUE = "training"
 PRUNE_TASK = "eldefect.prune_images"
+DRIFT_TASK = "eldefect.drift"
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:

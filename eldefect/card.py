@@ -8,9 +8,10 @@ the full training config (so the model can be rebuilt). Stored in the MLmodel me
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eldefect.preprocess import InputSpec
+if TYPE_CHECKING:  # preprocess imports torch; drift reads cards in processes without it
+    from eldefect.preprocess import InputSpec
 
 
 @dataclass
@@ -20,7 +21,9 @@ class ModelCard:
     thresholds: dict[str, float]
     selection_metric: str
     selection_value: float
-    profile: dict[str, Any] = field(default_factory=dict)  # features, positive_rates, n_images
+    # features, positive_rates, n_images; since drift monitoring also predicted_positive_rates,
+    # mean_probabilities, n_validation_images (older cards lack these: drift notes it).
+    profile: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     # From `eldefect train --cv K`: per-class fold means and spreads, and the calibration of
     # the out-of-fold probabilities the thresholds were tuned on (empty without --cv).
@@ -28,6 +31,8 @@ class ModelCard:
 
     @property
     def input_spec(self) -> InputSpec:
+        from eldefect.preprocess import InputSpec
+
         return InputSpec(
             int(self.input["size"]), float(self.input["mean"]), float(self.input["std"])
         )

@@ -86,6 +86,35 @@ class Settings(BaseSettings):
         "inference.cpu", description="Queue the gateway and the sweep send inference tasks to."
     )
 
+    # Drift (monitoring/drift.py, docs/monitoring.md: the defaults come from ELPV measurements).
+    drift_interval_s: float = Field(300.0, gt=0, description="How often beat runs a drift check.")
+    drift_window_size: int = Field(
+        200, ge=1, description="Most served images of the production version in one window."
+    )
+    drift_window_mode: Literal["latest", "tumbling"] = Field(
+        "latest",
+        description="`latest`: the newest drift_window_size results at every check (windows "
+        "overlap); `tumbling`: the results after the previous conclusive window (no overlap).",
+    )
+    drift_max_age_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Results older than this stay out of any window."
+    )
+    drift_min_n: int = Field(
+        50, ge=1, description="Smaller windows report insufficient_data and never alarm."
+    )
+    drift_z_threshold: float = Field(
+        4.0, gt=0, description="|z| an input statistic must reach to drift (with the effect)."
+    )
+    drift_effect_threshold: float = Field(
+        0.5, gt=0, description="|d| (shift in reference stds) an input statistic must reach."
+    )
+    drift_rate_z_threshold: float = Field(
+        4.0, gt=0, description="|z| a class's predicted positive rate must reach to drift."
+    )
+    drift_rate_effect_threshold: float = Field(
+        0.3, gt=0, description="|Cohen's h| a class's predicted positive rate must reach."
+    )
+
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     gateway_wait_poll_s: float = Field(

@@ -1,4 +1,9 @@
-"""Input intensity statistics: one function for the training profile and for serving.
+"""Input statistics: one function for the training profile and for serving.
+
+Intensity (mean, std, percentiles) and texture: the mean absolute difference between
+neighbouring pixels after box-resampling to a fixed 128 x 128 grid. Texture is what tells
+polycrystalline cells (grain boundaries) from monocrystalline ones on real EL data, where
+the intensity histograms barely differ (docs/monitoring.md has the measurements).
 
 Pure numpy so that monitoring (drift) can import it without torch.
 """
@@ -9,14 +14,34 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-FEATURES = ("mean", "std", "p10", "p50", "p90")
+FEATURES = ("mean", "std", "p10", "p50", "p90", "texture")
 # Percentiles over at most this many pixels: a strided subsample is within ~1e-3 of the
 # exact value on EL images and keeps a 24-megapixel module image cheap.
 _MAX_SAMPLE = 1_000_000
+# Texture is measured on a fixed grid, so that it does not depend on the image's resolution.
+_TEXTURE_GRID = 128
+
+
+def _box_resample(gray: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) -> (size, size) block means (nearest pixel where the image is smaller)."""
+    out: np.ndarray = gray.astype(np.float32, copy=False)
+    for axis in (0, 1):
+        edges = np.linspace(0, out.shape[axis], size + 1).astype(int)
+        counts = np.maximum(np.diff(edges), 1)  # an empty bin repeats one pixel (reduceat)
+        shape = [1, 1]
+        shape[axis] = size
+        out = np.add.reduceat(out, edges[:-1], axis=axis) / counts.reshape(shape)
+    return out
+
+
+def texture(gray: np.ndarray) -> float:
+    """Mean absolute neighbour difference of the image on a 128 x 128 grid (0 if flat)."""
+    small = _box_resample(gray, _TEXTURE_GRID)  # (128, 128)
+    return float(np.abs(np.diff(small, axis=0)).mean() + np.abs(np.diff(small, axis=1)).mean())
 
 
 def input_statistics(gray: np.ndarray) -> dict[str, float]:
-    """Intensity statistics of an (H, W) image on a 0..1 scale."""
+    """Statistics (FEATURES) of an (H, W) image on a 0..1 scale."""
     assert gray.ndim == 2, f"expected a 2-D grayscale image, got shape {gray.shape}"
     flat = gray.reshape(-1)
     if flat.size > _MAX_SAMPLE:
@@ -28,6 +53,7 @@ def input_statistics(gray: np.ndarray) -> dict[str, float]:
         "p10": float(p10),
         "p50": float(p50),
         "p90": float(p90),
+        "texture": texture(gray),
     }
 
 

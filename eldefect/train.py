@@ -230,14 +230,31 @@ def data_loaders(
 
 
 def reference_profile(
-    cache: ImageCache, train_idx: np.ndarray, labels: LabelSet
+    cache: ImageCache,
+    train_idx: np.ndarray,
+    labels: LabelSet,
+    val_probs: np.ndarray,
+    thresholds: dict[str, float],
 ) -> dict[str, object]:
-    """What the model saw in training, for drift: input statistics and class positive rates."""
+    """What drift is measured against: the input statistics of the training images, and what
+    the kept model predicts on the validation images at its tuned thresholds.
+
+    Prediction drift compares serving's predicted positive rate with `predicted_positive_rates`,
+    not with the ground-truth `positive_rates`: serving produces predictions, and a model's
+    errors shift its predicted rate away from the prevalence. Validation images, not training
+    ones, because the model has fitted the latter.
+    """
+    names = list(labels.labels)
     rates = cache.targets.numpy()[train_idx].mean(0).tolist()
+    cut = np.array([thresholds.get(name, 0.5) for name in names])  # as Predictor does
+    predicted = (val_probs >= cut).mean(0).tolist()  # (N, C) >= (C,) -> (C,)
     return {
         "features": feature_profile([cache.stats[i] for i in train_idx]),
-        "positive_rates": dict(zip(labels.labels, rates, strict=True)),
+        "positive_rates": dict(zip(names, rates, strict=True)),
         "n_images": len(train_idx),
+        "predicted_positive_rates": dict(zip(names, predicted, strict=True)),
+        "mean_probabilities": dict(zip(names, val_probs.mean(0).tolist(), strict=True)),
+        "n_validation_images": len(val_probs),
     }
 
 
@@ -370,7 +387,7 @@ def train(
         tracker.log_text(table, "val_metrics.txt")
         tracker.log_dict(best_thresholds, "thresholds.json")
         tracker.log_dict({"labels": names}, "labels.json")
-        profile = reference_profile(cache, train_idx, labels)
+        profile = reference_profile(cache, train_idx, labels, final.probs, best_thresholds)
         tracker.log_dict(profile, "reference_profile.json")
         card = ModelCard(
             labels=names,

@@ -15,6 +15,7 @@ from kombu import Exchange
 from kombu import Queue as KombuQueue
 
 from eldefect.broker import (
+    DRIFT_TASK,
     INFER_TASK,
     PRUNE_TASK,
     RETRAIN_CHECK_TASK,
@@ -69,6 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             RETRAIN_CHECK_TASK: {"queue": Queue.MAINTENANCE.value},
             RETRAIN_TASK: {"queue": Queue.TRAINING.value},
             PRUNE_TASK: {"queue": Queue.MAINTENANCE.value},
+            DRIFT_TASK: {"queue": Queue.MAINTENANCE.value},
         },
         "task_create_missing_queues": True,
         "beat_schedule": beat_schedule(settings),

@@ -35,4 +35,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.prune_interval_s,
             "options": {"queue": "maintenance", "expires": settings.prune_interval_s},
         },
+        # Drift of the production version's latest served window against its reference
+        # profile, stored as a report (monitoring/reports.py, docs/monitoring.md).
+        "drift-check": {
+            "task": "eldefect.drift",
+            "schedule": settings.drift_interval_s,
+            "options": {"queue": "maintenance", "expires": settings.drift_interval_s},
+        },
     }

@@ -11,8 +11,9 @@ from sqlalchemy.exc import OperationalError
 
 from db.retention import prune_images as prune_images_before
 from db.retention import retention_cutoff
-from eldefect.broker import INFER_TASK, PRUNE_TASK, SWEEP_TASK
+from eldefect.broker import DRIFT_TASK, INFER_TASK, PRUNE_TASK, SWEEP_TASK
 from eldefect.settings import get_settings
+from monitoring.reports import run_drift_check
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
 from workers.claims import HeldClaims, release_claims
@@ -116,3 +117,18 @@ def _preload_model(**_: Any) -> None:
             log.exception("could not load the served model at start")
 
     threading.Thread(target=load, name="eldefect-model-preload", daemon=True).start()
+
+
+@app.task(
+    name=DRIFT_TASK,
+    # Read-only over results plus one report row; beat sends the next check on its own tick,
+    # so a lost or failed check is simply the next one (ack early, never retry).
+    acks_late=False,
+    ignore_result=True,
+)
+def drift() -> dict[str, Any]:
+    """Measure drift of the production model's latest window and store the report."""
+    report = run_drift_check(settings=get_settings())
+    if report is None:
+        return {"verdict": None}
+    return {"report": report.id, "verdict": report.verdict.value, "n": report.n}

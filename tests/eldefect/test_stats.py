@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eldefect.stats import FEATURES, feature_profile, input_statistics
+from eldefect.stats import FEATURES, feature_profile, input_statistics, texture
 
 
 def test_statistics_of_a_known_image() -> None:
@@ -30,3 +30,15 @@ def test_profile_is_mean_and_std_per_feature() -> None:
     assert profile["mean"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1)}
     with pytest.raises(ValueError, match="zero images"):
         feature_profile([])
+
+
+def test_texture_is_zero_on_a_flat_image_and_does_not_depend_on_resolution() -> None:
+    assert texture(np.full((300, 300), 0.7, np.float32)) == pytest.approx(0.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    cells = rng.random((32, 32)).astype(np.float32)  # a grain pattern coarser than the grid
+    small = np.kron(cells, np.ones((8, 8), np.float32))  # 256 px
+    large = np.kron(cells, np.ones((32, 32), np.float32))  # 1024 px, the same picture
+    assert texture(small) > 0.05
+    assert texture(large) == pytest.approx(texture(small), rel=0.05)
+    smooth = np.linspace(0, 1, 256, dtype=np.float32)[None, :].repeat(256, 0)
+    assert texture(smooth) < texture(small) / 10, "a ramp has almost no texture"

@@ -25,6 +25,7 @@ from eldefect.registry import (
     register_run,
     resolve_alias,
 )
+from eldefect.stats import FEATURES
 from eldefect.train import train
 from tests.conftest import ModelStore
 
@@ -59,7 +60,11 @@ def test_short_training_learns_the_synthetic_classes(settings_env: Path) -> None
     # The run logged what the card needs.
     card = outcome.card
     assert card.labels == list(load_label_set().labels)
-    assert set(card.profile["features"]) == {"mean", "std", "p10", "p50", "p90"}
+    assert set(card.profile["features"]) == set(FEATURES)
+    # Prediction drift's reference: what the kept model predicts on validation images.
+    assert set(card.profile["predicted_positive_rates"]) == set(card.labels)
+    assert all(0.0 <= p <= 1.0 for p in card.profile["mean_probabilities"].values())
+    assert card.profile["n_validation_images"] > 0
     assert card.selection_metric == "val_macro_ap"
 
 
