@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy eldefect db gateway workers
+	$(BIN)/mypy eldefect db gateway workers monitoring
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -1,4 +1,4 @@
-"""Worker-side job transitions: claim, record, fail, release, sweep.
+"""Worker-side job transitions: claim, record, fail, release, sweep; task-run marks.
 
 The database is the truth about every job; broker messages only wake workers up. Each
 function here is one state transition, written as conditional UPDATEs so that it is safe
@@ -23,9 +23,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.models import InputStats, Job, JobImage, JobStatus, Result
+from db.models import InputStats, Job, JobImage, JobStatus, Result, TaskRun
 
 WORKER_LOST = "worker_lost"
 _OPEN = (JobStatus.queued, JobStatus.running)
@@ -317,3 +319,21 @@ def sweep(
         )
     session.flush()
     return report
+
+
+def record_task_run(*, session: Session, name: str, now: datetime | None = None) -> None:
+    """Note that the periodic task `name` ran now (one row per task, upserted).
+
+    One statement (INSERT ... ON CONFLICT DO UPDATE, on PostgreSQL and SQLite alike), so two
+    runs at once cannot both insert the row.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_into = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert_into(TaskRun).values(name=name, last_run_at=now or utcnow())
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[TaskRun.name],
+            set_={"last_run_at": statement.excluded.last_run_at},
+        )
+    )
+    session.flush()

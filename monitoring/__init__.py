@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics, Prometheus metrics and exporters, dashboards and alert rules."""
