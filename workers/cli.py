@@ -139,7 +139,7 @@ def _serve_metrics(start: Callable[[], WSGIServer], what: str) -> None:
         server = start()
     except MetricsPortError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{what} metrics on http://{server.server_name}:{server.server_port}/metrics")
+    click.echo(f"{what} metrics: GET /metrics on port {server.server_port}")
 
 
 class Supervisor:
