@@ -1,4 +1,5 @@
-"""Fixtures for monitoring tests: the Prometheus binaries (Debian package `prometheus`)."""
+"""Fixtures for monitoring tests: the Prometheus binaries (Debian package `prometheus`), and
+the worker tests' tiny registered model for the end-to-end stack."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import shutil
 import pytest
 
 from tests.conftest import REQUIRE_SERVICES
+from tests.workers.conftest import served_model, tiny_registry
+
+__all__ = ["prometheus_binary", "promtool", "served_model", "tiny_registry"]
 
 
 def _binary(name: str) -> str:

@@ -20,7 +20,9 @@ ALERT_FORM = re.compile(
     r"^(?P<value>.+?)\s+(?P<op>>=|<=|==|!=|>|<)\s+(?P<threshold>-?[\d.]+)$", re.S
 )
 # A series selector: one of our metric names (or `up`), with its label matchers if any.
-SELECTOR = re.compile(r"\b(?P<name>eldefect_\w+|up)\b(?!\s*\()(?P<matchers>\{[^}]*\})?")
+SELECTOR = re.compile(
+    r'\b(?P<name>eldefect_\w+|up)\b(?!\s*\()(?P<matchers>\{(?:[^}"]|"(?:[^"\\]|\\.)*")*\})?'
+)
 
 
 @dataclass(frozen=True)
