@@ -1,4 +1,4 @@
-"""Worker-side job transitions: claim, record, fail, release, sweep.
+"""Worker-side job transitions: claim, record, fail, release, sweep; task-run marks.
 
 The database is the truth about every job; broker messages only wake workers up. Each
 function here is one state transition, written as conditional UPDATEs so that it is safe

@@ -125,6 +125,23 @@ class Settings(BaseSettings):
         description="`eldefect gateway` applies migrations at start; default: only on SQLite.",
     )
     readyz_timeout_s: float = Field(5.0, gt=0, description="Time each /readyz check may take.")
+
+    # Prometheus endpoints of the processes that are not the gateway (docs/observability.md).
+    metrics_host: str = Field(
+        "127.0.0.1", description="Interface the worker's and the exporter's metrics bind."
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port `eldefect worker` serves /metrics on; 0 = none (one port per worker).",
+    )
+    exporter_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port `eldefect beat` serves the database exporter on; 0 = none.",
+    )
     log_level: str = "INFO"
 
     # Retraining (docs/retraining.md): when a trigger fires, what it trains, how it is gated.

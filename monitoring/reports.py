@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, selectinload
 from db.lifecycle import as_utc
 from db.models import DriftMeasure, DriftReport, DriftVerdict, InputStats, Result, utcnow
 from db.session import session_scope
-from db.task_runs import mark_task_run
+from db.task_runs import record_task_run
 from eldefect.card import ModelCard
 from eldefect.settings import Settings
 from eldefect.stats import FEATURES
@@ -341,7 +341,7 @@ def run_drift_check(
             log.info("drift: no model under %s@%s yet", settings.model_name, settings.model_alias)
         else:
             report = check_drift(session=session, settings=settings, model=model, now=now)
-        mark_task_run(session=session, name=TASK_NAME, now=now)
+        record_task_run(session=session, name=TASK_NAME, now=now)
     if report is not None:
         log.log(
             logging.WARNING if report.verdict == Verdict.drift else logging.INFO,

