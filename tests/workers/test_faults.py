@@ -236,10 +236,10 @@ def test_postgres_restart_loses_nothing_and_drains_within_30_s_of_its_return(
             error = answer.body.get("error")
             assert isinstance(error, dict) and set(error) == {"code", "message"}, answer.body
             assert "Traceback" not in str(error["message"])
-    if codes[500]:
-        # The gateway's half of issue 8 item 6 (503 database_unavailable while the database is
-        # away) is another change; until it is merged the gateway answers 500 internal_error.
-        pytest.xfail(f"{codes[500]} answers were 500 instead of 503 during the outage")
+    # While the database is away the gateway answers 503 database_unavailable, never a 500.
+    assert codes[500] == 0, f"{codes[500]} answers were 500 during the outage"
+    unavailable = [a for a in stations.answers if a.status == 503]
+    assert all(a.body["error"]["code"] == "database_unavailable" for a in unavailable)
 
 
 def test_redis_restart_with_jobs_waiting_loses_nothing_and_needs_no_worker_restart(
