@@ -11,7 +11,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,8 @@ import pytest
 import yaml
 
 from db.migrate import upgrade
-from db.models import DriftMeasure, DriftReport, DriftVerdict
-from db.session import session_scope
 from eldefect.settings import get_settings
-from eldefect.stats import FEATURES
+from monitoring.reports import run_drift_check
 from tests.monitoring.promql import (
     RULES_DIR,
     Expression,
@@ -73,45 +70,6 @@ def _write_config(path: Path, gateway: int, worker: int, exporter: int) -> None:
         ],
     }
     path.write_text(yaml.safe_dump(config))
-
-
-def _insert_drift_report(url: str, model: TinyRegistry) -> None:
-    """A drift report as the drift task writes one (monitoring/ owns the real task)."""
-    now = datetime.now(UTC)
-    with session_scope(url) as session:
-        report = DriftReport(
-            model_name=model.name,
-            model_version=model.versions[0],
-            window_start=now - timedelta(minutes=5),
-            window_end=now,
-            n=16,
-            verdict=DriftVerdict.ok,
-            thresholds={"z": 3.0, "effect": 0.5},
-            notes=[],
-        )
-        report.measures = [
-            DriftMeasure(
-                kind="feature",
-                name=f,
-                window_value=0.5,
-                reference_value=0.45,
-                z=1.0 + i,
-                effect=0.1 * i,
-                drifted=False,
-            )
-            for i, f in enumerate(FEATURES)
-        ] + [
-            DriftMeasure(
-                kind="class",
-                name="crack",
-                window_value=0.2,
-                reference_value=0.15,
-                z=0.8,
-                effect=0.13,
-                drifted=False,
-            )
-        ]
-        session.add(report)
 
 
 @pytest.fixture
@@ -209,14 +167,20 @@ def _submit_jobs(base: str) -> None:
 
 
 def test_every_dashboard_query_and_alert_rule_returns_series(
-    stack: dict[str, Any], prometheus: str, served_model: TinyRegistry
+    stack: dict[str, Any], prometheus: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started = time.monotonic()
     logs = lambda: "\n".join(p.text()[-1500:] for p in stack["procs"])  # noqa: E731
     # Every target scraped before the jobs, so the counters' rise falls inside the window.
     wait_until(lambda: len(_series(prometheus, "up == 1")) == 3, 20, "all targets up", logs)
-    _insert_drift_report(get_settings().database_url, served_model)
     _submit_jobs(stack["base"])
+    # The drift task's own function over the jobs just served (a window this small would
+    # only ever say insufficient_data, so the minimum comes down for the test).
+    monkeypatch.setenv("ELDEFECT_DRIFT_MIN_N", "4")
+    get_settings.cache_clear()
+    report = run_drift_check(settings=get_settings())
+    assert report is not None and report.n == 12, report
+    assert {m.kind for m in report.measures} == {"feature", "class"}, report.measures
     wait_until(
         lambda: bool(
             _series(
