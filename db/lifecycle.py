@@ -10,6 +10,7 @@ writer at a time, `WHERE status = ...` plus the returned rows decide who won):
                               |--release_jobs-------> queued   (transient error)
     running past its lease --sweep--> queued, or failed/worker_lost after max_attempts
     queued for too long -----sweep--> queued (enqueued_at bumped; the caller re-sends)
+    queued past a limit while no worker serves a model --fail_unserved--> failed/model_unavailable
 
 Callers own the session and commit; every function flushes its changes and returns plain
 values. db imports nothing of ours, so timings and model names come in as arguments.
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Session
 from db.models import InputStats, Job, JobImage, JobStatus, Result
 
 WORKER_LOST = "worker_lost"
+MODEL_UNAVAILABLE = "model_unavailable"
 _OPEN = (JobStatus.queued, JobStatus.running)
 
 
@@ -69,6 +71,7 @@ class SweepReport:
     requeued_stale: list[str] = field(default_factory=list)  # queued too long: re-send
     requeued_expired: list[str] = field(default_factory=list)  # running past lease: re-send
     failed: list[str] = field(default_factory=list)  # running past lease, out of attempts
+    unserved: list[str] = field(default_factory=list)  # failed: no worker serves a model
 
     @property
     def to_enqueue(self) -> list[str]:
@@ -332,3 +335,47 @@ def sweep(
         )
     session.flush()
     return report
+
+
+def fail_unserved(
+    *,
+    session: Session,
+    older_than_s: float,
+    message: str,
+    now: datetime | None = None,
+    limit: int = 1000,
+) -> list[str]:
+    """Fail jobs queued since more than `older_than_s` with code `model_unavailable`.
+
+    The caller decides that no worker can serve them (no live worker has a model loaded);
+    this only picks the old ones, oldest first, skipping rows another transaction holds.
+    """
+    now = now or utcnow()
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.status == JobStatus.queued,
+                Job.created_at < now - timedelta(seconds=older_than_s),
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.status == JobStatus.queued)  # a job claimed since stays
+        .values(
+            status=JobStatus.failed,
+            finished_at=now,
+            lease_expires_at=None,
+            error_code=MODEL_UNAVAILABLE,
+            error_message=message,
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [row.id for row in rows]

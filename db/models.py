@@ -323,3 +323,25 @@ class RetrainTrigger(Base):
     decision: Mapped[str | None] = mapped_column(String(16), default=None)
     gate: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Worker(Base):
+    """A worker process as it last reported itself (workers/housekeeping.py).
+
+    Read by the gateway (which queue has live consumers, whether any worker serves a model)
+    and by the sweep (fail jobs nobody can serve). A row whose `last_seen_at` is older than
+    the staleness limit is a dead worker; a cleanly stopped one deletes its row.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(64), index=True)
+    device: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The version in service, None while none is loaded.
+    model_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Why the last load failed (None once one succeeds).
+    model_error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

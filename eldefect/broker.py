@@ -1,25 +1,53 @@
-"""Broker settings shared by everything that talks to the broker (gateway, workers, beat).
+"""Broker names and settings shared by everything that talks to the broker.
 
-Plain dicts, no Celery import: the gateway builds a light client from them, the workers
-spread them into their Celery config. The task name lives here too, so the gateway sends by
-name without importing the workers' code (DESIGN.md: imports point one way).
+Plain values, no Celery import: the gateway builds a light client from them, the workers
+spread them into their Celery config. Queue and task names live here and nowhere else, so the
+gateway sends by name without importing the workers' code (DESIGN.md: imports point one way).
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eldefect.settings import Settings
+if TYPE_CHECKING:
+    from eldefect.settings import Settings
 
 INFER_TASK = "eldefect.infer"
-SWEEP_TASK = "eldefect.sweep"
 # Retraining (workers/retrain_tasks.py): the beat decision and the training run itself.
 RETRAIN_CHECK_TASK = "eldefect.retrain_check"
 RETRAIN_TASK = "eldefect.retrain"
-TRAINING_QUEUE = "training"
 PRUNE_TASK = "eldefect.prune_images"
 DRIFT_TASK = "eldefect.drift"
+
+
+class Queue(enum.StrEnum):
+    """Every queue the system uses; workers pick theirs with `eldefect worker --queue`."""
+
+    INFERENCE_CPU = "inference.cpu"
+    INFERENCE_GPU = "inference.gpu"
+    TRAINING = "training"
+    # Periodic housekeeping sent by beat; every CPU worker consumes it as well.
+    MAINTENANCE = "maintenance"
+
+
+# Inference queues in order of preference: a GPU worker serves a batch faster.
+INFERENCE_QUEUES = (Queue.INFERENCE_GPU, Queue.INFERENCE_CPU)
+
+
+def route_inference(serving: Mapping[str, int], consumers: Mapping[str, int], fallback: str) -> str:
+    """The queue an inference task goes to: where a live worker serves the model (GPU first),
+    else where any live worker listens (it may be loading one), else `fallback`.
+
+    `serving` and `consumers` count live workers per queue (the workers table, db/workers.py).
+    """
+    for counts in (serving, consumers):
+        for queue in INFERENCE_QUEUES:
+            if counts.get(queue, 0) > 0:
+                return queue.value
+    return fallback
 
 
 def embedded_broker_folders(settings: Settings) -> tuple[Path, Path]:

@@ -5,6 +5,7 @@ Heavy imports (torch, MLflow) happen inside each command so `eldefect --help` st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -167,7 +168,8 @@ def _register_and_promote(run_id: str | None, version: str | None, *, to_product
     type=click.Choice(["staging", "production"]),
     default="staging",
     show_default=True,
-    help="staging: only when it beats production; production: move production too.",
+    help="staging: only when it beats the served alias (ELDEFECT_MODEL_ALIAS, default "
+    "production); production: move the served alias to it too.",
 )
 def promote(run_id: str | None, version: str | None, target: str) -> None:
     """Register a run's model and move registry aliases, printing the comparison."""
@@ -225,11 +227,11 @@ def predict(images: tuple[Path, ...], model_uri: str | None, as_json: bool) -> N
     for (path, _), row in zip(decoded, probs, strict=True):
         result = predictor.result(row)
         if as_json:
-            click.echo(json.dumps({"image": str(path), **result}))
+            click.echo(json.dumps({"image": str(path), **dataclasses.asdict(result)}))
             continue
-        click.echo(f"{path}: defects {', '.join(result['defects']) or 'none'}")
-        for label, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
-            click.echo(f"  {label:<24}{p:8.4f}  (threshold {result['thresholds'][label]:.3f})")
+        click.echo(f"{path}: defects {', '.join(result.defects) or 'none'}")
+        for label, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {label:<24}{p:8.4f}  (threshold {result.thresholds[label]:.3f})")
     if failed:
         sys.exit(1)
 

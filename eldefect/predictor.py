@@ -11,7 +11,8 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -96,6 +97,15 @@ def _onnx_runner(model: torch.nn.Module, size: int, reference: TorchRunner) -> O
     return runner
 
 
+@dataclass(frozen=True)
+class PredictionResult:
+    """One image's answer: the job result body (CONTRACT.md)."""
+
+    probabilities: dict[str, float]  # label -> probability, rounded to 6 digits
+    defects: list[str]  # labels at or over their threshold, in label order
+    thresholds: dict[str, float]
+
+
 class Predictor:
     """One loaded model with its card, ready to serve batches."""
 
@@ -115,18 +125,18 @@ class Predictor:
             return np.zeros((0, len(self.labels)), np.float32)
         return self.runner(preprocess_batch(images, self.spec))
 
-    def result(self, probs: np.ndarray) -> dict[str, Any]:
-        """One image's probabilities as the job result body (probabilities, defects, thresholds)."""
+    def result(self, probs: np.ndarray) -> PredictionResult:
+        """One image's probabilities as the job result (probabilities, defects, thresholds)."""
         probabilities = {
             label: round(float(p), 6) for label, p in zip(self.labels, probs, strict=True)
         }
-        return {
-            "probabilities": probabilities,
-            "defects": [
+        return PredictionResult(
+            probabilities=probabilities,
+            defects=[
                 label for label in self.labels if probabilities[label] >= self.thresholds[label]
             ],
-            "thresholds": dict(self.thresholds),
-        }
+            thresholds=dict(self.thresholds),
+        )
 
 
 def load_predictor(

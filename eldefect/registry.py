@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 PROMOTION_HOOKS = "eldefect.promotion_hooks"
-STAGING, PRODUCTION = "staging", "production"
+STAGING = "staging"
 
 
 def configure_mlflow(settings: Settings | None = None, *, experiment: str | None = None) -> str:
@@ -50,29 +50,33 @@ def configure_mlflow(settings: Settings | None = None, *, experiment: str | None
 
 
 def log_model(model: Any, card: ModelCard) -> str:
-    """Log a torch model and its card to the active run; returns the logged model's URI."""
+    """Log a torch model's weights and its card to the active run; returns the model's URI.
+
+    Weights only (eldefect.artifact): a pickled module would run code wherever it is loaded.
+    """
     import numpy as np
     import torch
     import torchvision
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
+
+    from eldefect import artifact
 
     size = card.input_spec.size
     example_in = np.zeros((2, 1, size, size), np.float32)
     example_out = np.zeros((2, len(card.labels)), np.float32)
-    info = mlflow.pytorch.log_model(
-        model,
+    info = Model.log(
+        artifact_path=None,  # deprecated in favour of `name`, but still a required parameter
         name=MODEL_ARTIFACT,
-        # Pickle, not MLflow 3's default torch.export format: an exported program can lock
-        # the batch dimension to the example's size and then fail on other batch sizes.
-        serialization_format="pickle",
+        flavor=artifact,
+        flavor_name=artifact.FLAVOR,
+        model=model,
+        card=card,
         signature=infer_signature(example_in, example_out),
-        # Given explicitly: inferring them runs a child Python for tens of seconds.
-        pip_requirements=[
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}",
-            f"numpy=={np.__version__}",
-        ],
-        metadata={"eldefect_card": card.to_dict()},
+        # Recorded for people reading the run; nothing installs from them.
+        tags={
+            "torch": torch.__version__.split("+")[0],
+            "torchvision": torchvision.__version__.split("+")[0],
+        },
     )
     return str(info.model_uri)
 
@@ -90,21 +94,33 @@ def _client(tracking_uri: str | None) -> MlflowClient:
 
 def load_card(model_uri: str, tracking_uri: str | None = None) -> ModelCard:
     _client(tracking_uri)
+    from eldefect.artifact import CARD_KEY
+
     metadata = mlflow.models.get_model_info(model_uri).metadata or {}
-    if "eldefect_card" not in metadata:
+    if CARD_KEY not in metadata:
         raise MlflowException(f"{model_uri} has no eldefect model card; was it logged by eldefect?")
-    return ModelCard.from_dict(metadata["eldefect_card"])
+    return ModelCard.from_dict(metadata[CARD_KEY])
 
 
 def load_model(
     model_uri: str, *, device: str = "cpu", tracking_uri: str | None = None
 ) -> tuple[Any, ModelCard]:
-    """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc."""
+    """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc.
+
+    Weights only: the artifact's tensors go into the architecture the card names
+    (eldefect.artifact); anything else in it is refused with UnsafeModelError, never run.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from eldefect.artifact import load_local
+
     _client(tracking_uri)
     model_uri = _pin_alias(model_uri, tracking_uri)
-    model = mlflow.pytorch.load_model(model_uri, map_location=device)
-    model.eval()
-    return model, load_card(model_uri)
+    with tempfile.TemporaryDirectory(prefix="eldefect-model-") as tmp:
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        model, card = load_local(Path(folder), model_uri)
+    return model.to(device).eval(), card
 
 
 def _pin_alias(uri: str, tracking_uri: str | None) -> str:
@@ -163,50 +179,59 @@ class PromotionDecision:
     version: str
     metric: str
     candidate_value: float
-    production_version: str | None
-    production_value: float | None
+    served_alias: str  # the alias workers serve (settings.model_alias)
+    served_version: str | None
+    served_value: float | None
     moved: list[str]
 
     def describe(self) -> str:
         lines = [
             f"candidate {self.name} v{self.version}: {self.metric} = {self.candidate_value:.4f}"
         ]
-        if self.production_version is None:
-            lines.append("no model under alias 'production' yet")
+        if self.served_version is None:
+            lines.append(f"no model under alias {self.served_alias!r} yet")
         else:
             lines.append(
-                f"production {self.name} v{self.production_version}: "
-                f"{self.metric} = {self.production_value:.4f}"
+                f"{self.served_alias} {self.name} v{self.served_version}: "
+                f"{self.metric} = {self.served_value:.4f}"
             )
         lines.append(
             "aliases moved: " + ", ".join(f"{a} -> v{self.version}" for a in self.moved)
             if self.moved
-            else "aliases unchanged: the candidate does not beat production"
+            else f"aliases unchanged: the candidate does not beat {self.served_alias}"
         )
         return "\n".join(lines)
 
 
 def promote(
-    *, name: str, version: str, to_production: bool = False, tracking_uri: str | None = None
+    *,
+    name: str,
+    version: str,
+    to_production: bool = False,
+    served_alias: str | None = None,
+    tracking_uri: str | None = None,
 ) -> PromotionDecision:
-    """Set `staging` when the candidate beats `production` on the selection metric (or none
-    exists); with `to_production`, move `production` to it as well (an explicit decision)."""
+    """Set `staging` when the candidate beats the served alias on the selection metric (or
+    none exists); with `to_production`, move the served alias to it as well (an explicit
+    decision). The served alias is `settings.model_alias` (`production` by default)."""
+    served_alias = served_alias or get_settings().model_alias
     _client(tracking_uri)
     candidate = load_card(model_uri(name, version))
-    prod_version = resolve_alias(name, PRODUCTION, tracking_uri)
-    prod_value: float | None = None
+    served_version = resolve_alias(name, served_alias, tracking_uri)
+    served_value: float | None = None
     beats = True
-    if prod_version is not None and prod_version != version:
-        prod_card = load_card(model_uri(name, prod_version))
-        prod_value = prod_card.selection_value
-        if prod_card.selection_metric != candidate.selection_metric:
+    if served_version is not None and served_version != version:
+        served_card = load_card(model_uri(name, served_version))
+        served_value = served_card.selection_value
+        if served_card.selection_metric != candidate.selection_metric:
             log.warning(
-                "production was selected by %s, the candidate by %s: values not comparable",
-                prod_card.selection_metric,
+                "%s was selected by %s, the candidate by %s: values not comparable",
+                served_alias,
+                served_card.selection_metric,
                 candidate.selection_metric,
             )
-        beats = candidate.selection_value > prod_value
-    moved = [STAGING] * beats + [PRODUCTION] * to_production
+        beats = candidate.selection_value > served_value
+    moved = [STAGING] * beats + [served_alias] * to_production
     for alias in moved:
         move_alias(name, alias, version, tracking_uri)
     return PromotionDecision(
@@ -214,8 +239,9 @@ def promote(
         version,
         candidate.selection_metric,
         candidate.selection_value,
-        prod_version,
-        prod_value,
+        served_alias,
+        served_version,
+        served_value,
         moved,
     )
 

@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eldefect.broker import INFERENCE_QUEUES, Queue
 
 # MLflow otherwise phones home on every run; set before mlflow is ever imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Nor draw a progress bar into worker logs and CLI output for each model it downloads.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 EMBEDDED_BROKER_URL = "filesystem://"
 
@@ -26,8 +30,15 @@ class Settings(BaseSettings):
         env_prefix="ELDEFECT_", env_file=".env", extra="ignore", protected_namespaces=()
     )
 
-    var_dir: Path = Field(Path("var"), description="Folder for embedded databases and files.")
-    database_url: str = "sqlite:///var/eldefect.db"
+    var_dir: Path = Field(
+        Path("var"),
+        description="Folder for embedded databases and files; the SQLite database, the "
+        "MLflow store and the embedded broker live under it unless set on their own.",
+    )
+    database_url: str = Field(
+        "sqlite:///var/eldefect.db",
+        description="Job database; default: SQLite file eldefect.db under var_dir.",
+    )
     broker_url: str = Field(
         EMBEDDED_BROKER_URL,
         description="Celery broker; the default is kombu's filesystem transport under var/.",
@@ -38,6 +49,7 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field(
         "sqlite:///var/mlflow.db",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "ELDEFECT_MLFLOW_TRACKING_URI"),
+        description="MLflow tracking and registry; default: SQLite file mlflow.db under var_dir.",
     )
     mlflow_experiment: str = "eldefect"
     model_name: str = "el_defect_classifier"
@@ -68,12 +80,34 @@ class Settings(BaseSettings):
         "cpu", description="Where a worker runs the model; `eldefect worker --device` sets it."
     )
     model_check_interval_s: float = Field(10.0, gt=0)
+    model_retry_backoff_s: float = Field(
+        5.0, gt=0, description="Wait before retrying a model version that failed to load."
+    )
+    model_retry_backoff_max_s: float = Field(
+        300.0, gt=0, description="Cap of that wait, which doubles with each failure."
+    )
+    model_unavailable_fail_after_s: float = Field(
+        600.0,
+        gt=0,
+        description="A job queued this long while no live worker serves a model ends "
+        "`failed` with code model_unavailable.",
+    )
     requeue_after_s: float = Field(60.0, gt=0, description="Sweep re-enqueues older queued jobs.")
     running_timeout_s: float = Field(300.0, gt=0, description="Sweep fails/requeues stuck jobs.")
     max_attempts: int = Field(
         3, ge=1, description="Claims of one job before the sweep fails it as worker_lost."
     )
-    sweep_interval_s: float = Field(5.0, gt=0, description="How often beat runs the sweep.")
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often each worker runs the sweep (in its own thread)."
+    )
+    heartbeat_interval_s: float = Field(
+        5.0, gt=0, description="How often each worker records itself in the workers table."
+    )
+    worker_stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A worker not seen for this long counts as gone (routing, /readyz).",
+    )
     image_retention_days: int = Field(
         30,
         ge=0,
@@ -82,8 +116,13 @@ class Settings(BaseSettings):
     prune_interval_s: float = Field(
         3600.0, gt=0, description="How often beat deletes images past their retention."
     )
-    inference_queue: str = Field(
-        "inference.cpu", description="Queue the gateway and the sweep send inference tasks to."
+    inference_queue: Queue = Field(
+        Queue.INFERENCE_CPU,
+        description="Where inference tasks go while no live inference worker is known; "
+        "otherwise they go to a queue with live workers, GPU first.",
+    )
+    queue_cache_s: float = Field(
+        2.0, ge=0, description="How long the gateway reuses its read of the live queues."
     )
 
     # Drift (monitoring/drift.py, docs/monitoring.md: the defaults come from ELPV measurements).
@@ -192,6 +231,24 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A training worker renews its trigger's lease within this."
     )
     retrain_device: Literal["cpu", "cuda"] = Field("cpu", description="Where retraining runs.")
+
+    @field_validator("inference_queue")
+    @classmethod
+    def _an_inference_queue(cls, value: Queue) -> Queue:
+        if value not in INFERENCE_QUEUES:
+            allowed = ", ".join(INFERENCE_QUEUES)
+            raise ValueError(f"{value} is not an inference queue (one of {allowed})")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_under_var_dir(self) -> Settings:
+        # Embedded stores follow var_dir unless named on their own: a process started with
+        # ELDEFECT_VAR_DIR must never open a different (empty) database than it was told to.
+        if "database_url" not in self.model_fields_set:
+            self.database_url = f"sqlite:///{self.var_dir}/eldefect.db"
+        if "mlflow_tracking_uri" not in self.model_fields_set:
+            self.mlflow_tracking_uri = f"sqlite:///{self.var_dir}/mlflow.db"
+        return self
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -40,6 +40,7 @@ from eldefect.metrics import (
     tune_thresholds,
 )
 from eldefect.models import build_model
+from eldefect.preprocess import InputSpec
 from eldefect.settings import Settings, get_settings
 from eldefect.stats import feature_profile
 from eldefect.tracking import MlflowTracker, Tracker
@@ -214,10 +215,10 @@ def warmup_cosine(
 def data_loaders(
     cache: ImageCache, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig
 ) -> tuple[DataLoader, DataLoader]:
-    mean, std = config.input.mean, config.input.std
+    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
     augment = build_augmentation(config.augment)  # training split only
-    train_ds = CachedDataset(cache, train_idx, mean=mean, std=std, augment=augment)
-    val_ds = CachedDataset(cache, val_idx, mean=mean, std=std)
+    train_ds = CachedDataset(cache, train_idx, spec=spec, augment=augment)
+    val_ds = CachedDataset(cache, val_idx, spec=spec)
     batch = config.optim.batch_size
     train_loader = DataLoader(
         train_ds,

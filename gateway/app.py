@@ -32,7 +32,7 @@ Every error answers `{"error": {"code": "<snake_case>", "message": "..."}}`."""
 
 
 def _warm_up() -> None:
-    for module in ("mlflow.tracking", "celery", "eldefect.imaging"):
+    for module in ("celery", "eldefect.imaging"):
         importlib.import_module(module)
 
 
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # Import MLflow and Celery in the background now, so that the first /readyz or
+        # Import Celery in the background now, so that the first /readyz or
         # upload does not pay seconds of imports (and time out) on a busy machine.
         threading.Thread(target=_warm_up, name="eldefect-warm-up", daemon=True).start()
         log_start(settings)

@@ -2,16 +2,23 @@
 
 The database is the truth: a job is committed before its message is sent, and when the broker
 is unreachable the job simply stays queued; the workers' periodic sweep re-sends it.
+
+Each message goes to an inference queue with live workers, read from the workers table
+(`QueueRouter`, cached for `queue_cache_s`): GPU first, then CPU, else the configured
+`inference_queue`. So a job never waits on a queue nobody listens to.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from eldefect.broker import INFER_TASK, RETRAIN_TASK, TRAINING_QUEUE, broker_options
+from db.session import session_scope
+from db.workers import QueueCounts, live_workers
+from eldefect.broker import INFER_TASK, RETRAIN_TASK, Queue, broker_options, route_inference
 from eldefect.settings import Settings
 from gateway.metrics import ENQUEUE_FAILURES
 
@@ -47,11 +54,46 @@ def create_celery_client(settings: Settings) -> Celery:
     return client
 
 
-class Enqueuer:
-    """Publishes `eldefect.infer(job_id)` to the inference queue; one per app, thread-safe."""
+def read_queue_counts(settings: Settings) -> QueueCounts:
+    with session_scope(settings.database_url) as session:
+        workers = live_workers(session=session, stale_after_s=settings.worker_stale_after_s)
+    return QueueCounts.of(workers, settings.model_name)
 
-    def __init__(self, settings: Settings) -> None:
+
+class QueueRouter:
+    """The inference queue to send to now; one read of the workers table per `queue_cache_s`."""
+
+    def __init__(
+        self, settings: Settings, read: Callable[[Settings], QueueCounts] = read_queue_counts
+    ) -> None:
         self.settings = settings
+        self._read = read
+        self._lock = threading.Lock()
+        self._queue = settings.inference_queue.value
+        self._read_at = float("-inf")
+
+    def queue(self) -> str:
+        with self._lock:
+            if time.monotonic() - self._read_at < self.settings.queue_cache_s:
+                return self._queue
+            self._read_at = time.monotonic()
+            try:
+                counts = self._read(self.settings)
+            except Exception as exc:  # the database briefly away: keep the last answer
+                log.warning("cannot read live queues (%s); sending to %s", exc, self._queue)
+                return self._queue
+            self._queue = route_inference(
+                counts.serving, counts.consumers, self.settings.inference_queue.value
+            )
+            return self._queue
+
+
+class Enqueuer:
+    """Publishes `eldefect.infer(job_id)` to a live inference queue; one per app, thread-safe."""
+
+    def __init__(self, settings: Settings, router: QueueRouter | None = None) -> None:
+        self.settings = settings
+        self.router = router or QueueRouter(settings)
         self._client: Celery | None = None
         self._lock = threading.Lock()
 
@@ -65,11 +107,10 @@ class Enqueuer:
     def send(self, job_ids: Sequence[str]) -> list[str]:
         """Send one message per job; returns the ids that could not be sent (logged, counted)."""
         failed: list[str] = []
+        queue = self.router.queue()
         for i, job_id in enumerate(job_ids):
             try:
-                self.client.send_task(
-                    INFER_TASK, args=[job_id], queue=self.settings.inference_queue
-                )
+                self.client.send_task(INFER_TASK, args=[job_id], queue=queue)
             except Exception as exc:  # any broker failure: the jobs stay queued in the DB
                 # The broker is down: do not wait out the retries once per remaining job.
                 failed = list(job_ids[i:])
@@ -90,7 +131,7 @@ class Enqueuer:
         """Send `eldefect.retrain(trigger_id)` to the training queue; False when the broker
         is down (the trigger stays queued and the beat's retrain check re-sends it)."""
         try:
-            self.client.send_task(RETRAIN_TASK, args=[trigger_id], queue=TRAINING_QUEUE)
+            self.client.send_task(RETRAIN_TASK, args=[trigger_id], queue=Queue.TRAINING.value)
         except Exception as exc:  # any broker failure: the trigger row is the truth
             log.warning("could not send retrain trigger %d (%s); beat re-sends it", trigger_id, exc)
             return False

@@ -253,6 +253,10 @@ class HealthPublic(BaseModel):
 class ReadyPublic(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str] = Field(description="What each dependency answered.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Not failing readiness, but worth a look (a configured queue without workers).",
+    )
 
 
 def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ SUCCEEDED, FAILED = "succeeded", "failed"
 NO_ERROR = "none"
 OTHER_ERROR = "other"
 # Every code a job can end `failed` with on a worker: the decoder's (eldefect.imaging), the
-# model's and the batch's (workers/inference.py), the sweep's (db/lifecycle.WORKER_LOST).
+# model's and the batch's (workers/inference.py), the sweep's (db/lifecycle.WORKER_LOST,
+# db/lifecycle.MODEL_UNAVAILABLE).
 # A code outside this list is counted as `other`, so the label stays bounded.
 FAILURE_CODES = (
     "empty_file",
@@ -50,6 +51,7 @@ FAILURE_CODES = (
     "inference_error",
     "internal_error",
     "worker_lost",
+    "model_unavailable",
     OTHER_ERROR,
 )
 

@@ -7,7 +7,6 @@ and a lost or duplicated message costs latency, never a job.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from celery import Celery
@@ -20,20 +19,10 @@ from eldefect.broker import (
     PRUNE_TASK,
     RETRAIN_CHECK_TASK,
     RETRAIN_TASK,
-    SWEEP_TASK,
+    Queue,
     broker_options,
 )
 from eldefect.settings import Settings, get_settings
-
-
-class Queue(enum.StrEnum):
-    """Every queue the system uses; workers pick theirs with `eldefect worker --queue`."""
-
-    INFERENCE_CPU = "inference.cpu"
-    INFERENCE_GPU = "inference.gpu"
-    TRAINING = "training"
-    # The sweep and other periodic housekeeping; every CPU worker consumes it as well.
-    MAINTENANCE = "maintenance"
 
 
 def _kombu_queue(name: str) -> KombuQueue:
@@ -65,8 +54,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [_kombu_queue(q.value) for q in Queue],
         "task_default_queue": Queue.INFERENCE_CPU.value,
         "task_routes": {
-            INFER_TASK: {"queue": settings.inference_queue},
-            SWEEP_TASK: {"queue": Queue.MAINTENANCE.value},
+            # Senders name the queue of each inference task (eldefect.broker.route_inference).
+            INFER_TASK: {"queue": settings.inference_queue.value},
             RETRAIN_CHECK_TASK: {"queue": Queue.MAINTENANCE.value},
             RETRAIN_TASK: {"queue": Queue.TRAINING.value},
             PRUNE_TASK: {"queue": Queue.MAINTENANCE.value},

@@ -19,9 +19,11 @@ import click
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-from eldefect.settings import get_settings
+from eldefect.broker import Queue
+from eldefect.settings import get_settings, redact_url
 
-QUEUE_NAMES = ["inference.cpu", "inference.gpu", "training"]
+# What `--queue` may name: every queue but maintenance, which `--maintenance` adds.
+WORKER_QUEUES = [q.value for q in Queue if q != Queue.MAINTENANCE]
 
 
 def eldefect_argv() -> list[str]:
@@ -40,8 +42,8 @@ def eldefect_argv() -> list[str]:
     "--queue",
     "-Q",
     "queue",
-    type=click.Choice(QUEUE_NAMES),
-    default="inference.cpu",
+    type=click.Choice(WORKER_QUEUES),
+    default=Queue.INFERENCE_CPU.value,
     show_default=True,
     help="The queue to serve.",
 )
@@ -63,7 +65,7 @@ def eldefect_argv() -> list[str]:
     "--maintenance/--no-maintenance",
     default=True,
     show_default=True,
-    help="Also run the sweep and other housekeeping tasks from the maintenance queue.",
+    help="Also run the sweep (in its own thread) and the maintenance queue's tasks.",
 )
 @click.option("--name", default=None, help="Worker node name [default: <queue>.<pid>@<host>].")
 @click.option(
@@ -81,7 +83,9 @@ def worker(
     metrics_port: int | None,
 ) -> None:
     """Run a Celery worker that serves the production model in batches."""
-    device = device or ("cuda" if queue == "inference.gpu" else "cpu")
+    device = device or ("cuda" if queue == Queue.INFERENCE_GPU else "cpu")
+    if device == "cuda":
+        _require_cuda()
     # Through the environment, so that the settings every module reads agree.
     os.environ["ELDEFECT_INFERENCE_DEVICE"] = device
     get_settings.cache_clear()
@@ -92,7 +96,7 @@ def worker(
 
         _serve_metrics(lambda: serve_worker_metrics(settings, port), "worker")
 
-    from workers.app import Queue, app
+    from workers.app import app
 
     queues = [queue] + ([Queue.MAINTENANCE.value] if maintenance else [])
     argv = [
@@ -115,6 +119,17 @@ def worker(
         "--without-mingle",
     ]
     app.worker_main(argv)
+
+
+def _require_cuda() -> None:
+    """Refuse to start a CUDA worker where torch sees no CUDA device: one line, no traceback."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise click.ClickException(
+            "--device cuda, but torch sees no CUDA device on this machine "
+            f"(torch {torch.__version__}); use --device cpu or start it on a GPU host"
+        )
 
 
 @click.command()
@@ -210,7 +225,7 @@ def up(migrate: bool, concurrency: int) -> None:
 
         from db.migrate import upgrade
 
-        click.echo(f"up      | migrating {settings.database_url}")
+        click.echo(f"up      | migrating {redact_url(settings.database_url)}")
         logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade(settings.database_url)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -226,13 +241,14 @@ def up(migrate: bool, concurrency: int) -> None:
         sup.start("gateway", [*base, "gateway"], env)
         sup.start(
             "worker",
-            [*base, "worker", "--queue", "inference.cpu", "--concurrency", str(concurrency)],
+            [*base, "worker", "--queue", Queue.INFERENCE_CPU, "--concurrency", str(concurrency)],
             env,
         )
         sup.start("beat", [*base, "beat"], env)
         click.echo(
             f"up      | gateway on http://{settings.gateway_host}:{settings.gateway_port}, "
-            f"worker on inference.cpu, beat; Ctrl-C stops"
+            f"worker on {Queue.INFERENCE_CPU}, beat; database {redact_url(settings.database_url)}, "
+            f"broker {redact_url(settings.broker_url)}; Ctrl-C stops"
         )
         while not sup.stopping.wait(0.2):
             dead = sup.first_exited()

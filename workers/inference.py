@@ -20,6 +20,8 @@ from sqlalchemy.exc import OperationalError
 from db import lifecycle
 from db.session import session_scope
 from db.task_runs import record_task_run
+from db.workers import QueueCounts, WorkerSeen, live_workers
+from eldefect.broker import INFERENCE_QUEUES, route_inference
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
@@ -156,9 +158,9 @@ def process_batch(
                 outcomes.append(
                     lifecycle.JobOutcome(
                         job_id=job.id,
-                        probabilities=shaped["probabilities"],
-                        defects=shaped["defects"],
-                        thresholds=shaped["thresholds"],
+                        probabilities=shaped.probabilities,
+                        defects=shaped.defects,
+                        thresholds=shaped.thresholds,
                         stats=stats,
                         queue_wait_ms=(job.started_at - job.created_at).total_seconds() * 1000,
                         inference_ms=report.forward_ms,
@@ -246,22 +248,62 @@ def wake_up(job_ids: Sequence[str], *, send: Callable[[str], object], batch_size
         send(job_id)
 
 
-def run_sweep(*, settings: Settings, send: Callable[[str], object]) -> lifecycle.SweepReport:
-    """Requeue lost jobs in the database, then send a wake-up message for each."""
+def unserved_reason(workers: Sequence[WorkerSeen], model_name: str) -> str | None:
+    """Why no job can be served now, or None while some worker serves (or is still loading).
+
+    Jobs are failed for it only when every live inference worker has said why it has no
+    model; a worker still loading its first one has said nothing yet.
+    """
+    inference = [w for w in workers if w.queue in INFERENCE_QUEUES]
+    if any(w.model_name == model_name and w.model_version is not None for w in inference):
+        return None
+    if not inference:
+        return "no inference worker is running"
+    errors = [w.model_error for w in inference]
+    if not all(errors):
+        return None
+    return f"no worker can load a model: {errors[0]}"
+
+
+def run_sweep(*, settings: Settings, send: Callable[[str, str], object]) -> lifecycle.SweepReport:
+    """Requeue lost jobs in the database, fail those no worker can serve, then wake workers.
+
+    Wake-ups go to a queue with live workers (eldefect.broker.route_inference), so a job
+    first sent to a queue whose workers died reaches another kind after requeue_after_s.
+    """
     with session_scope(settings.database_url) as session:
+        workers = live_workers(session=session, stale_after_s=settings.worker_stale_after_s)
         report = lifecycle.sweep(
             session=session,
             requeue_after_s=settings.requeue_after_s,
             max_attempts=settings.max_attempts,
         )
+        reason = unserved_reason(workers, settings.model_name)
+        if reason is not None:
+            report.unserved = lifecycle.fail_unserved(
+                session=session,
+                older_than_s=settings.model_unavailable_fail_after_s,
+                message=f"waited {settings.model_unavailable_fail_after_s:g} s; {reason}",
+            )
         record_task_run(session=session, name=SWEEP_TASK_RUN)
-    metrics.record_finished(succeeded=0, failed_codes=[lifecycle.WORKER_LOST] * len(report.failed))
-    wake_up(report.to_enqueue, send=send, batch_size=settings.batch_size)
-    if report.to_enqueue or report.failed:
+    metrics.record_finished(
+        succeeded=0,
+        failed_codes=[lifecycle.WORKER_LOST] * len(report.failed)
+        + [lifecycle.MODEL_UNAVAILABLE] * len(report.unserved),
+    )
+    counts = QueueCounts.of(workers, settings.model_name)
+    queue = route_inference(counts.serving, counts.consumers, settings.inference_queue)
+    wake_up(
+        report.to_enqueue, send=lambda job_id: send(job_id, queue), batch_size=settings.batch_size
+    )
+    if report.to_enqueue or report.failed or report.unserved:
         log.warning(
-            "sweep: re-sent %d queued too long, requeued %d whose worker died, failed %d",
+            "sweep: re-sent %d queued too long (to %s), requeued %d whose worker died, "
+            "failed %d out of attempts and %d no worker can serve",
             len(report.requeued_stale),
+            queue,
             len(report.requeued_expired),
             len(report.failed),
+            len(report.unserved),
         )
     return report

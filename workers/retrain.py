@@ -137,7 +137,7 @@ def export_reviews(
 def _retrain(trigger_id: int, settings: Settings) -> RetrainOutcome:
     from eldefect.config import DataSource, load_train_config
     from eldefect.labels import load_label_set
-    from eldefect.registry import PRODUCTION, register_run, resolve_alias
+    from eldefect.registry import register_run, resolve_alias
     from eldefect.train import train
 
     if settings.retrain_config is None:
@@ -179,7 +179,7 @@ def _retrain(trigger_id: int, settings: Settings) -> RetrainOutcome:
             model_name=name,
             model_version=version,
         )
-    champion = resolve_alias(name, PRODUCTION, uri)
+    champion = resolve_alias(name, settings.model_alias, uri)
     result = gate_challenger(
         settings, version=version, champion=champion, holdout_dir=holdout_dir, exported=exported
     )
@@ -274,7 +274,7 @@ def gate_challenger(
 
 def apply_decision(settings: Settings, *, version: str, passed: bool) -> str:
     """Move the aliases the decision allows; returns promoted, staged or rejected."""
-    from eldefect.registry import PRODUCTION, STAGING, move_alias
+    from eldefect.registry import STAGING, move_alias
 
     if not passed:
         return "rejected"
@@ -282,7 +282,7 @@ def apply_decision(settings: Settings, *, version: str, passed: bool) -> str:
     move_alias(settings.model_name, STAGING, version, uri)
     if not settings.auto_promote:
         return "staged"
-    move_alias(settings.model_name, PRODUCTION, version, uri)
+    move_alias(settings.model_name, settings.model_alias, version, uri)
     return "promoted"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from eldefect.broker import RETRAIN_CHECK_TASK, RETRAIN_TASK, TRAINING_QUEUE
+from eldefect.broker import RETRAIN_CHECK_TASK, RETRAIN_TASK, Queue
 from eldefect.settings import get_settings
 from workers.app import app
 from workers.retrain import run_retrain
@@ -13,7 +13,7 @@ from workers.retrain_policy import check_retrain, registry_production
 
 
 def send_retrain(trigger_id: int) -> object:
-    return app.send_task(RETRAIN_TASK, args=[trigger_id], queue=TRAINING_QUEUE)
+    return app.send_task(RETRAIN_TASK, args=[trigger_id], queue=Queue.TRAINING.value)
 
 
 @app.task(

@@ -1,4 +1,8 @@
-"""Thin Celery tasks: each takes ids (or nothing) and calls a plain function in inference.py."""
+"""Thin Celery tasks over plain functions in inference.py, and the worker's start and stop.
+
+A worker starts its housekeeping thread (heartbeat and sweep, workers/housekeeping.py) and
+loads its model in the background as soon as it is ready.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,19 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from db.retention import prune_images as prune_images_before
 from db.retention import retention_cutoff
-from eldefect.broker import DRIFT_TASK, INFER_TASK, PRUNE_TASK, SWEEP_TASK
-from eldefect.settings import get_settings
+from eldefect.broker import DRIFT_TASK, INFER_TASK, INFERENCE_QUEUES, PRUNE_TASK, Queue
+from eldefect.settings import get_settings, redact_url
 from monitoring.reports import run_drift_check
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
 from workers.claims import HeldClaims, release_claims
-from workers.inference import process_batch, run_sweep, wake_up
+from workers.housekeeping import Housekeeper
+from workers.inference import process_batch, wake_up
 from workers.model_cache import ModelUnavailableError, get_model_cache
 
 log = logging.getLogger(__name__)
@@ -51,34 +56,28 @@ def infer(job_id: str) -> dict[str, Any]:
     return report.as_dict()
 
 
-def send_infer(job_id: str) -> object:
-    settings = get_settings()
-    return app.send_task(INFER_TASK, args=[job_id], queue=settings.inference_queue)
+def send_infer(job_id: str, queue: str) -> object:
+    return app.send_task(INFER_TASK, args=[job_id], queue=queue)
+
+
+def _send_to_own_queue(job_id: str) -> object:
+    """A wake-up for this worker's own queue: it serves the model and just held the job."""
+    own = _housekeeper.queue if _housekeeper is not None else None
+    return send_infer(job_id, own or get_settings().inference_queue.value)
 
 
 # Jobs a batch claimed just as the database went away: handed back, and woken up, as soon as
 # it answers again, instead of at the end of their lease (workers/claims.py).
 HELD_CLAIMS = HeldClaims(
     release=lambda jobs: release_claims(get_settings().database_url, jobs),
-    wake=lambda ids: wake_up(ids, send=send_infer, batch_size=get_settings().batch_size),
+    wake=lambda ids: wake_up(ids, send=_send_to_own_queue, batch_size=get_settings().batch_size),
 )
 
+_housekeeper: Housekeeper | None = None
 
-@app.task(
-    name=SWEEP_TASK,
-    # Idempotent and re-run every few seconds by beat: a lost sweep message is harmless, so
-    # ack early and never retry (the next tick is the retry).
-    acks_late=False,
-    ignore_result=True,
-)
-def sweep() -> dict[str, int]:
-    """Re-send jobs the broker lost; requeue (or fail) jobs whose worker died."""
-    report = run_sweep(settings=get_settings(), send=send_infer)
-    return {
-        "requeued_stale": len(report.requeued_stale),
-        "requeued_expired": len(report.requeued_expired),
-        "failed": len(report.failed),
-    }
+
+def _consumed_queues(consumer: Any) -> list[str]:
+    return [q.name for q in consumer.task_consumer.queues]
 
 
 @app.task(
@@ -105,18 +104,47 @@ def prune_images() -> dict[str, int]:
 
 
 @worker_ready.connect
-def _preload_model(**_: Any) -> None:
+def _start_worker(sender: Any, **_: Any) -> None:
+    """Start housekeeping (heartbeat, sweep) and load the served model in the background."""
+    global _housekeeper
+    settings = get_settings()
+    queues = _consumed_queues(sender)
+    queue = next((q for q in queues if q != Queue.MAINTENANCE), Queue.MAINTENANCE.value)
+    serves_model = queue in INFERENCE_QUEUES
+    _housekeeper = Housekeeper(
+        settings=settings,
+        name=sender.hostname,
+        queue=queue,
+        model_state=get_model_cache().state if serves_model else None,
+        send=send_infer,
+        # Workers that take housekeeping (--maintenance) also sweep, in their own thread.
+        sweep=Queue.MAINTENANCE in queues,
+    )
+    _housekeeper.start()
+    log.info(
+        "worker %s on %s (device %s), database %s, broker %s",
+        sender.hostname,
+        ",".join(queues),
+        settings.inference_device,
+        redact_url(settings.database_url),
+        redact_url(settings.broker_url),
+    )
+    if serves_model:
+        threading.Thread(target=_preload_model, name="eldefect-model-preload", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_worker(**_: Any) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stop()
+
+
+def _preload_model() -> None:
     """Load the served model as the worker starts, so the first batch does not wait for it."""
-
-    def load() -> None:
-        try:
-            get_model_cache().get()
-        except ModelUnavailableError as exc:
-            log.warning("%s; jobs wait in the queue until one is promoted", exc)
-        except Exception:  # logged; the first batch tries again and reports through retries
-            log.exception("could not load the served model at start")
-
-    threading.Thread(target=load, name="eldefect-model-preload", daemon=True).start()
+    try:
+        get_model_cache().get()
+    except ModelUnavailableError as exc:  # the cache retries with back-off; /readyz says why
+        log.warning("%s; jobs wait in the queue until a model loads", exc)
 
 
 @app.task(

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from eldefect.data.readers import Sample
 from eldefect.imaging import ImageDecodeError, decode_gray
-from eldefect.preprocess import resize
+from eldefect.preprocess import InputSpec, normalize, resize
 from eldefect.stats import input_statistics
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,11 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
         cache: ImageCache,
         indices: np.ndarray,
         *,
-        mean: float,
-        std: float,
+        spec: InputSpec,
         augment: torch.nn.Module | None = None,
     ) -> None:
         self.cache, self.indices, self.augment = cache, indices, augment
-        self.mean, self.std = mean, std
+        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -93,4 +92,5 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
         x = self.cache.images[j].float()  # (1, S, S)
         if self.augment is not None:
             x = self.augment(x).clamp_(0.0, 1.0)
-        return (x - self.mean) / self.std, self.cache.targets[j]
+        # The same normalise as serving (eldefect.preprocess), after the augmentation.
+        return normalize(x, self.spec), self.cache.targets[j]

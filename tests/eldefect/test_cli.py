@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from eldefect.cli import cli
@@ -84,3 +85,31 @@ def test_user_errors_are_one_clear_line(tmp_path: Path, settings_env: Path) -> N
     assert "is not a Pascal VOC folder" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["promote", "--version", "7"])
     assert result.exit_code == 1 and "Error:" in result.output
+
+
+def test_promote_moves_the_alias_workers_serve(
+    production_model: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eldefect.registry import resolve_alias
+    from eldefect.settings import get_settings
+
+    monkeypatch.setenv("ELDEFECT_MODEL_ALIAS", "champion")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        cli, ["promote", "--version", production_model.v2, "--to", "production"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"champion -> v{production_model.v2}" in result.output
+    assert resolve_alias(production_model.name, "champion") == production_model.v2
+    assert resolve_alias(production_model.name, "production") == production_model.v1
+
+
+def test_a_cuda_worker_without_cuda_refuses_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(cli, ["worker", "--queue", "inference.gpu"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("Error: --device cuda, but torch sees no")
+    assert result.exception is None or isinstance(result.exception, SystemExit)

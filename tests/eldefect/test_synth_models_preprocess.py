@@ -63,7 +63,7 @@ def test_training_and_serving_share_one_preprocessing(tmp_path: Path) -> None:
     samples, _ = read_voc(root, load_label_set())
     spec = InputSpec(size=64, mean=0.5, std=0.25)
     cache = ImageCache.build(samples, spec.size, max_pixels=10**7, progress=False)
-    training_view = CachedDataset(cache, np.arange(3), mean=spec.mean, std=spec.std)
+    training_view = CachedDataset(cache, np.arange(3), spec=spec)
     served = preprocess_batch(
         [decode_gray(s.path.read_bytes(), max_pixels=10**7) for s in samples], spec
     )

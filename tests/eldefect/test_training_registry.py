@@ -16,7 +16,6 @@ from eldefect.labels import load_label_set
 from eldefect.metrics import macro, per_class_metrics
 from eldefect.predictor import load_predictor
 from eldefect.registry import (
-    PRODUCTION,
     STAGING,
     load_card,
     load_model,
@@ -70,7 +69,7 @@ def test_short_training_learns_the_synthetic_classes(settings_env: Path) -> None
 
 def test_registry_round_trip_gives_the_same_probabilities(production_model: ModelStore) -> None:
     images = _holdout(production_model)
-    uri = f"models:/{production_model.name}@{PRODUCTION}"
+    uri = f"models:/{production_model.name}@production"
     model, card = load_model(model_uri(production_model.name, production_model.v1))
     from eldefect.preprocess import preprocess_batch
 
@@ -83,25 +82,25 @@ def test_registry_round_trip_gives_the_same_probabilities(production_model: Mode
     assert onnx.backend == "onnxruntime-cpu"
     np.testing.assert_allclose(onnx.predict(images), expected, atol=1e-4)
     result = served.result(expected[0])
-    assert set(result["probabilities"]) == set(card.labels)
-    assert result["defects"] == [
-        k for k in card.labels if result["probabilities"][k] >= card.thresholds[k]
+    assert set(result.probabilities) == set(card.labels)
+    assert result.defects == [
+        k for k in card.labels if result.probabilities[k] >= card.thresholds[k]
     ]
 
 
 def test_promotion_moves_staging_only_when_better(production_model: ModelStore) -> None:
     name, v1, v2 = production_model.name, production_model.v1, production_model.v2
-    assert resolve_alias(name, PRODUCTION) == v1
+    assert resolve_alias(name, "production") == v1
     better = (
         load_card(model_uri(name, v2)).selection_value
         > load_card(model_uri(name, v1)).selection_value
     )
     decision = promote(name=name, version=v2)
     assert (STAGING in decision.moved) == better
-    assert resolve_alias(name, PRODUCTION) == v1  # never moved without --to production
+    assert resolve_alias(name, "production") == v1  # never moved without --to production
     decision = promote(name=name, version=v2, to_production=True)
-    assert PRODUCTION in decision.moved
-    assert resolve_alias(name, PRODUCTION) == v2
+    assert "production" in decision.moved
+    assert resolve_alias(name, "production") == v2
     assert "production" in decision.describe()
 
 
@@ -112,4 +111,4 @@ def test_register_creates_a_new_version(production_model: ModelStore) -> None:
     run_id = client.get_model_version(production_model.name, production_model.v1).run_id
     again = register_run(run_id, production_model.name)
     assert int(again) > int(production_model.v2)
-    assert resolve_alias("no_such_model", PRODUCTION) is None
+    assert resolve_alias("no_such_model", "production") is None

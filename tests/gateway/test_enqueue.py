@@ -100,3 +100,40 @@ def test_job_stays_queued_when_the_broker_is_down(
     job = client.get(f"/v1/jobs/{job_id}", headers=_auth(client)).json()
     assert job["status"] == "queued"
     assert REGISTRY.get_sample_value("eldefect_gateway_enqueue_failures_total") == before + 1
+
+
+def test_route_inference_prefers_a_serving_gpu_then_cpu_then_the_setting() -> None:
+    from eldefect.broker import route_inference
+
+    gpu, cpu = "inference.gpu", "inference.cpu"
+    assert route_inference({gpu: 1, cpu: 2}, {gpu: 1, cpu: 2}, cpu) == gpu
+    assert route_inference({cpu: 1}, {gpu: 1, cpu: 1}, gpu) == cpu  # the GPU one still loads
+    assert route_inference({}, {gpu: 1}, cpu) == gpu  # nobody serves yet: whoever listens
+    assert route_inference({}, {"training": 1}, gpu) == gpu  # nobody listens: the setting
+
+
+def test_submit_goes_to_the_queue_whose_workers_are_alive(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """inference.gpu configured, but only a CPU worker alive: the message goes to it."""
+    from db.session import session_scope
+    from db.workers import record_heartbeat
+
+    client = make_client(inference_queue="inference.gpu", queue_cache_s=0)
+    settings = client.app.state.settings  # type: ignore[attr-defined]
+    queue, _ = embedded_broker_folders(settings)
+    _submit(client)
+    assert len(list(queue.glob("*.inference.gpu.msg"))) == 1, "no worker seen: the setting"
+
+    with session_scope(settings.database_url) as session:
+        record_heartbeat(
+            session=session,
+            name="cpu-1",
+            queue="inference.cpu",
+            device="cpu",
+            model_name=settings.model_name,
+            model_version="1",
+            model_error=None,
+        )
+    _submit(client)
+    assert len(list(queue.glob("*.inference.cpu.msg"))) == 1

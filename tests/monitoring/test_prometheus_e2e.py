@@ -193,7 +193,7 @@ def test_every_dashboard_query_and_alert_rule_returns_series(
         logs,
     )
     assert _series(prometheus, 'eldefect_task_last_run_timestamp_seconds{task="sweep"} > 0'), (
-        "the sweep ran (beat -> worker) and the exporter reads its task run"
+        "the sweep ran (in the worker's housekeeping thread) and the exporter reads its task run"
     )
 
     expressions: list[Expression] = dashboard_expressions(RATE_WINDOW) + rule_expressions()

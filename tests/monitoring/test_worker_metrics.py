@@ -94,9 +94,9 @@ def test_the_sweep_marks_its_run_and_counts_worker_lost(db_url: str) -> None:
         job.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
     before = value("eldefect_worker_jobs_total", outcome="failed", code="worker_lost")
     started = datetime.now(UTC)
-    run_sweep(settings=settings_for(db_url, max_attempts=3), send=lambda _: None)
+    run_sweep(settings=settings_for(db_url, max_attempts=3), send=lambda *_: None)
     assert value("eldefect_worker_jobs_total", outcome="failed", code="worker_lost") == before + 1
-    run_sweep(settings=settings_for(db_url), send=lambda _: None)  # the row is updated, not added
+    run_sweep(settings=settings_for(db_url), send=lambda *_: None)  # the row is updated, not added
     with session_scope(db_url) as session:
         runs = session.query(TaskRun).all()
         assert [run.name for run in runs] == ["sweep"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ from sqlalchemy import func, select
 from db import lifecycle
 from db.models import InputStats, Job, JobStatus, Result
 from db.session import session_scope
+from db.workers import record_heartbeat
+from eldefect.predictor import PredictionResult
 from eldefect.settings import Settings
 from tests.workers.factories import make_job, make_station, png_bytes
 from workers.inference import process_batch, run_sweep
@@ -35,13 +38,13 @@ class FakeModel:
             raise RuntimeError("shape the model cannot take")
         return np.array([[float(im.mean()), 0.1] for im in images], dtype=np.float32)
 
-    def result(self, probs_row: np.ndarray) -> dict[str, Any]:
+    def result(self, probs_row: np.ndarray) -> PredictionResult:
         probs = dict(zip(LABELS, map(float, probs_row), strict=True))
-        return {
-            "probabilities": probs,
-            "defects": [k for k, p in probs.items() if p >= 0.5],
-            "thresholds": dict.fromkeys(LABELS, 0.5),
-        }
+        return PredictionResult(
+            probabilities=probs,
+            defects=[k for k, p in probs.items() if p >= 0.5],
+            thresholds=dict.fromkeys(LABELS, 0.5),
+        )
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
@@ -151,11 +154,77 @@ def test_a_database_error_hands_the_batch_back(
 
 def test_run_sweep_sends_one_wake_up_per_batch_of_requeued_jobs(db_url: str) -> None:
     ids = queued_jobs(db_url, [png_bytes(i) for i in range(5)])
-    sent: list[str] = []
+    sent: list[tuple[str, str]] = []
     settings = settings_for(db_url, requeue_after_s=0.001, batch_size=2)
-    report = run_sweep(settings=settings, send=sent.append)
+    report = run_sweep(settings=settings, send=lambda *message: sent.append(message))
     assert sorted(report.requeued_stale) == sorted(ids)
-    assert len(sent) == 3 and set(sent) <= set(ids)  # ceil(5 / 2) batches cover all five
+    assert len(sent) == 3 and {job for job, _ in sent} <= set(ids)  # ceil(5 / 2) batches
+    assert {queue for _, queue in sent} == {"inference.cpu"}  # no worker seen: the setting
+
+
+def heartbeat(
+    url: str,
+    name: str,
+    queue: str,
+    *,
+    version: str | None,
+    error: str | None = None,
+    age_s: float = 0.0,
+) -> None:
+    with session_scope(url) as session:
+        record_heartbeat(
+            session=session,
+            name=name,
+            queue=queue,
+            device="cpu",
+            model_name="el_defect_classifier",
+            model_version=version,
+            model_error=error,
+            now=lifecycle.utcnow() - timedelta(seconds=age_s),
+        )
+
+
+def test_run_sweep_re_sends_to_a_queue_with_live_workers(db_url: str) -> None:
+    """A job sent to inference.gpu whose workers died reaches the CPU workers."""
+    ids = queued_jobs(db_url, [png_bytes(0)])
+    heartbeat(db_url, "gpu-1", "inference.gpu", version="1", age_s=600)  # died long ago
+    heartbeat(db_url, "cpu-1", "inference.cpu", version="1")
+    sent: list[tuple[str, str]] = []
+    settings = settings_for(db_url, requeue_after_s=0.001, inference_queue="inference.gpu")
+    run_sweep(settings=settings, send=lambda *message: sent.append(message))
+    assert sent == [(ids[0], "inference.cpu")]
+    heartbeat(db_url, "gpu-2", "inference.gpu", version="1")  # a GPU worker serves again
+    sent.clear()
+    run_sweep(settings=settings, send=lambda *message: sent.append(message))
+    assert sent == [(ids[0], "inference.gpu")]
+
+
+def test_jobs_fail_as_model_unavailable_only_when_no_live_worker_can_load_a_model(
+    db_url: str,
+) -> None:
+    old = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+    with session_scope(db_url) as session:
+        for job_id in old:
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.created_at = lifecycle.utcnow() - timedelta(seconds=120)
+    fresh = queued_jobs(db_url, [png_bytes(2)])
+    settings = settings_for(db_url, model_unavailable_fail_after_s=60)
+    error = "cannot load el_defect_classifier@production version 2: UnsafeModelError: pickle"
+
+    heartbeat(db_url, "cpu-1", "inference.cpu", version=None)  # still loading its first model
+    assert run_sweep(settings=settings, send=lambda *_: None).unserved == []
+    heartbeat(db_url, "cpu-1", "inference.cpu", version=None, error=error)
+    heartbeat(db_url, "cpu-2", "inference.cpu", version="1", age_s=600)  # gone: does not count
+    report = run_sweep(settings=settings, send=lambda *_: None)
+
+    assert sorted(report.unserved) == sorted(old)
+    with session_scope(db_url) as session:
+        jobs = {j.id: j for j in session.scalars(select(Job))}
+    assert {jobs[i].status for i in old} == {JobStatus.failed}
+    assert {jobs[i].error_code for i in old} == {"model_unavailable"}
+    assert error in (jobs[old[0]].error_message or "")
+    assert jobs[fresh[0]].status == JobStatus.queued, "younger than the limit: still waits"
 
 
 def test_a_non_transient_error_fails_the_batch_instead_of_looping(db_url: str) -> None:
@@ -164,7 +233,7 @@ def test_a_non_transient_error_fails_the_batch_instead_of_looping(db_url: str) -
     ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
 
     class WrongShape(FakeModel):
-        def result(self, probs_row: np.ndarray) -> dict[str, Any]:
+        def result(self, probs_row: np.ndarray) -> PredictionResult:
             raise ValueError("3 labels for 2 outputs")
 
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ from db.migrate import upgrade
 from db.models import TriggerStatus
 from db.session import session_scope
 from eldefect.labels import load_label_set
-from eldefect.registry import PRODUCTION, STAGING, _client, resolve_alias
+from eldefect.registry import STAGING, _client, resolve_alias
 from eldefect.settings import Settings, get_settings
 from tests.conftest import ModelStore
 from tests.workers import loop_data
@@ -64,7 +64,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_rejected_and_the_record_says
     outcome = run_retrain(trigger_id=trigger_id, settings=settings, worker="test")
 
     assert outcome is not None and outcome.decision == "rejected"
-    assert resolve_alias(production_model.name, PRODUCTION) == production_model.v1
+    assert resolve_alias(production_model.name, "production") == production_model.v1
     assert resolve_alias(production_model.name, STAGING) != outcome.version
     with session_scope(settings.database_url) as session:
         trigger = retrains.get_trigger(session=session, trigger_id=trigger_id)
@@ -106,7 +106,7 @@ def test_a_challenger_trained_with_reviews_of_shifted_cells_beats_the_champion_o
     # Passing the gate gives staging only: auto-promotion is off by default.
     assert outcome.decision == "staged", outcome.gate["reasons"]
     assert resolve_alias(production_model.name, STAGING) == outcome.version
-    assert resolve_alias(production_model.name, PRODUCTION) == production_model.v1
+    assert resolve_alias(production_model.name, "production") == production_model.v1
     with session_scope(loop_settings.database_url) as session:
         trigger = retrains.get_trigger(session=session, trigger_id=trigger_id)
         assert trigger is not None and trigger.n_train_reviews == outcome.gate["reviews"]["train"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from db import lifecycle
 from db.migrate import upgrade
 from db.models import Job, JobStatus, Result
 from db.session import session_scope
@@ -221,3 +223,77 @@ def test_promotion_while_jobs_flow_switches_versions_without_a_failure(
     assert versions[0] == "1" and versions[-1] == "2"
     switch = versions.index("2")
     assert set(versions[switch:]) == {"2"}, "once switched, no job is served by the old version"
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_a_killed_workers_leases_are_back_in_service_within_lease_plus_one_sweep(
+    served_model: TinyRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+) -> None:
+    """500 jobs queued, two workers, one SIGKILLed mid-batch, no beat: the survivor's own
+    sweep thread requeues the dead one's jobs while its pool is busy with the backlog."""
+    lease_s, sweep_s = 4.0, 1.0
+    url = _use(
+        monkeypatch,
+        ELDEFECT_DATABASE_URL=postgres_url,
+        ELDEFECT_BROKER_URL=redis_url,
+        ELDEFECT_RUNNING_TIMEOUT_S=str(lease_s),
+        ELDEFECT_SWEEP_INTERVAL_S=str(sweep_s),
+        ELDEFECT_HEARTBEAT_INTERVAL_S="1",
+        ELDEFECT_REQUEUE_AFTER_S="600",  # only the lease matters here
+    )
+    # The victim takes big batches, so that more jobs are running than the survivor holds.
+    victim = start_worker(tmp_path, "victim", ELDEFECT_BATCH_SIZE="64")
+    survivor = start_worker(tmp_path, "survivor", ELDEFECT_BATCH_SIZE="16")
+    try:
+        ids = submit(url, [png_bytes(i) for i in range(500)])
+        deadline = time.monotonic() + 60
+        while _running(url) <= 16:  # both hold leases: the victim is in the middle of a batch
+            assert time.monotonic() < deadline, "never saw the victim holding a batch"
+            time.sleep(0.005)
+        victim.kill()
+        killed_at, killed_mono = lifecycle.utcnow(), time.monotonic()
+        leased = [job_id for job_id, _ in _running_since(url, killed_at)]
+        assert len(leased) > 16
+
+        def back_in_service() -> bool:  # finished, queued again, or claimed again since
+            return all(started is None or started > killed_at for _, started in _open(url, leased))
+
+        wait_until(back_in_service, lease_s + sweep_s + 20, "the victim's jobs", survivor.text)
+        recovered_s = time.monotonic() - killed_mono
+        final = wait_all_finished(url, ids, 300, survivor.text, [survivor])
+    finally:
+        victim.stop()
+        survivor.stop()
+    print(f"{len(leased)} leased jobs back in service {recovered_s:.1f} s after the kill")
+    assert recovered_s <= lease_s + sweep_s + 1.5, f"took {recovered_s:.1f} s"
+    assert set(final.values()) == {JobStatus.succeeded}
+    assert result_count(url) == 500
+
+
+def _running(url: str) -> int:
+    with session_scope(url) as session:
+        return len(list(session.scalars(select(Job.id).where(Job.status == JobStatus.running))))
+
+
+def _running_since(url: str, before: datetime) -> list[tuple[str, datetime]]:
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Job.id, Job.started_at).where(
+                Job.status == JobStatus.running, Job.started_at <= before
+            )
+        ).all()
+    return [(job_id, lifecycle.as_utc(started)) for job_id, started in rows]
+
+
+def _open(url: str, ids: list[str]) -> list[tuple[str, datetime | None]]:
+    """The jobs among `ids` still running, with when their current claim started."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Job.id, Job.started_at).where(Job.id.in_(ids), Job.status == JobStatus.running)
+        ).all()
+    return [(job_id, lifecycle.as_utc(s) if s else None) for job_id, s in rows]
