@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from db.lifecycle import as_utc
-from db.models import DriftReport, DriftVerdict, Job, JobStatus, TaskRun
+from db.models import DriftVerdict, Job, JobStatus, TaskRun
 from db.session import session_scope
 from eldefect.settings import Settings
+from monitoring.reports import ReportView, latest_reports
 
 log = logging.getLogger(__name__)
 
@@ -93,27 +94,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 @dataclass(frozen=True)
-class Measure:
-    kind: str
-    name: str
-    window_value: float
-    reference_value: float
-    z: float
-    effect: float
-    drifted: bool
-
-
-@dataclass(frozen=True)
-class LatestReport:
-    created_at: datetime
-    model_name: str
-    model_version: str
-    verdict: str
-    n: int
-    measures: list[Measure]
-
-
-@dataclass(frozen=True)
 class DatabaseState:
     """What the database says now; `families` exports it."""
 
@@ -121,7 +101,7 @@ class DatabaseState:
     jobs: dict[str, int]  # open status -> count
     oldest_queued: datetime | None
     task_runs: dict[str, datetime] = field(default_factory=dict)
-    report: LatestReport | None = None
+    report: ReportView | None = None  # the latest drift report of the served model
 
 
 def read_state(*, session: Session, model_name: str, now: datetime | None = None) -> DatabaseState:
@@ -136,32 +116,13 @@ def read_state(*, session: Session, model_name: str, now: datetime | None = None
     task_runs = {
         row.name: as_utc(row.last_run_at) for row in session.scalars(select(TaskRun)).all()
     }
-    latest = session.scalars(
-        select(DriftReport)
-        .where(DriftReport.model_name == model_name)
-        .order_by(DriftReport.created_at.desc(), DriftReport.id.desc())
-        .limit(1)
-        .options(selectinload(DriftReport.measures))
-    ).first()
-    report = None
-    if latest is not None:
-        report = LatestReport(
-            created_at=as_utc(latest.created_at),
-            model_name=latest.model_name,
-            model_version=latest.model_version,
-            verdict=str(DriftVerdict(latest.verdict).value),
-            n=latest.n,
-            measures=[
-                Measure(m.kind, m.name, m.window_value, m.reference_value, m.z, m.effect, m.drifted)
-                for m in latest.measures
-            ],
-        )
+    latest = latest_reports(session=session, limit=1, model_name=model_name)
     return DatabaseState(
         now=now or datetime.now(UTC),
         jobs=jobs,
         oldest_queued=as_utc(oldest) if oldest is not None else None,
         task_runs=task_runs,
-        report=report,
+        report=latest[0] if latest else None,
     )
 
 

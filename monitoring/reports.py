@@ -355,12 +355,17 @@ def run_drift_check(
     return report
 
 
-def latest_reports(*, session: Session, limit: int) -> list[ReportView]:
-    """The newest `limit` reports, newest first, each with its measures."""
-    rows = session.scalars(
+def latest_reports(
+    *, session: Session, limit: int, model_name: str | None = None
+) -> list[ReportView]:
+    """The newest `limit` reports (of `model_name`, else of any model), newest first, each
+    with its measures."""
+    query = (
         select(DriftReport)
         .options(selectinload(DriftReport.measures))
         .order_by(DriftReport.created_at.desc(), DriftReport.id.desc())
         .limit(limit)
     )
-    return [ReportView.of(row) for row in rows]
+    if model_name is not None:
+        query = query.where(DriftReport.model_name == model_name)
+    return [ReportView.of(row) for row in session.scalars(query)]
