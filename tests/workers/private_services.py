@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REQUIRE_SERVICES
 from tests.workers.harness import free_port
+
+
+def _missing(message: str) -> None:
+    """Skip where the server binaries are absent; in CI (ELDEFECT_REQUIRE_SERVICES=1) fail."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (ELDEFECT_REQUIRE_SERVICES=1: real-service tests must run)")
+    pytest.skip(message)
 
 
 def _pg_bin(name: str) -> str:
@@ -26,7 +34,7 @@ def _pg_bin(name: str) -> str:
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
     )
     if found is None:
-        pytest.skip(f"{name} not found: private PostgreSQL clusters need the server binaries")
+        _missing(f"{name} not found: private PostgreSQL clusters need the server binaries")
     return found
 
 
@@ -79,7 +87,7 @@ class PrivateRedis:
     def __init__(self, log: Path) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
-            pytest.skip("redis-server not found: the Redis restart test needs one")
+            _missing("redis-server not found: the Redis restart test needs one")
         self.port = free_port()
         self.log = log
         self.url = f"redis://127.0.0.1:{self.port}/0"
