@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.conftest import REQUIRE_SERVICES
 from tests.workers.harness import free_port
 
 
-def _missing(message: str) -> None:
+def _missing(message: str) -> NoReturn:
     """Skip where the server binaries are absent; in CI (ELDEFECT_REQUIRE_SERVICES=1) fail."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} (ELDEFECT_REQUIRE_SERVICES=1: real-service tests must run)")
