@@ -77,9 +77,7 @@ def mono_split(real_data: Path, seed: int = 0) -> MonoSplit:
     return MonoSplit(root, train, held, [poly[i] for i in rng.permutation(len(poly))[:WINDOW]])
 
 
-def serve_through_worker(
-    paths: list[Path], settings: Settings, model: ServingModel
-) -> list[str]:
+def serve_through_worker(paths: list[Path], settings: Settings, model: ServingModel) -> list[str]:
     """Queue one job per image file and run worker batches until none is left queued;
     returns the job ids, in the order of `paths`."""
     from workers.inference import process_batch

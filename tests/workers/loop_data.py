@@ -80,9 +80,7 @@ def served_and_reviewed(
     return ids
 
 
-def write_config(
-    path: Path, *, root: Path, epochs: int = 6, recall_floor: float = 0.9
-) -> Path:
+def write_config(path: Path, *, root: Path, epochs: int = 6, recall_floor: float = 0.9) -> Path:
     """A small synthetic-cell training config over a VOC folder (the retraining config)."""
     config = {
         "name": "retrain-test",

@@ -139,9 +139,7 @@ def test_drift_reviews_one_trigger_a_better_challenger_and_a_promotion_without_a
         operator_token = crud.create_token(
             session=session, station_id=qa.id, role=TokenRole.operator
         )
-    served = loop_data.shifted_dataset(
-        tmp_path / "served", n=SERVED, seed=11, classes=LINE_CLASSES
-    )
+    served = loop_data.shifted_dataset(tmp_path / "served", n=SERVED, seed=11, classes=LINE_CLASSES)
     later = loop_data.shifted_dataset(tmp_path / "later", n=40, seed=12, classes=LINE_CLASSES)
     images = sorted((served / "JPEGImages").iterdir())
 
@@ -157,7 +155,7 @@ def test_drift_reviews_one_trigger_a_better_challenger_and_a_promotion_without_a
             tmp_path / "training.log",
         ),
     ]
-    gateway, inference, training = procs
+    _gateway, inference, training = procs
 
     def logs() -> str:
         return "\n".join(f"--- {p.log.name}\n{p.text()[-2500:]}" for p in procs)
@@ -242,11 +240,10 @@ def test_drift_reviews_one_trigger_a_better_challenger_and_a_promotion_without_a
     with session_scope(postgres_url) as session:
         rows = list(session.scalars(select(RetrainTrigger)))
     assert len(rows) == 1, [(t.id, t.reason, t.status) for t in rows]
-    checks = {
-        p.log.name: p.text().count("Sending due task retrain-check") for p in procs[-2:]
-    }
+    checks = {p.log.name: p.text().count("Sending due task retrain-check") for p in procs[-2:]}
     assert all(n >= 2 for n in checks.values()), checks
-    results = re.findall(r"eldefect\.retrain_check\[[^\]]+\] succeeded[^{]*(\{[^}]*\})", inference.text())
+    check_result = r"eldefect\.retrain_check\[[^\]]+\] succeeded[^{]*(\{[^}]*\})"
+    results = re.findall(check_result, inference.text())
     opened = [r for r in results if "'opened': None" not in r]
     assert len(opened) == 1, opened
 
