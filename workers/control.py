@@ -26,7 +26,7 @@ def eldefect_refresh_model(
     """Check the registry alias now; the new model loads in the background."""
     settings = get_settings()
     # A training worker serves nothing: a promotion must not make it load the model.
-    if INFERENCE_QUEUES.isdisjoint(q.name for q in state.consumer.task_consumer.queues):
+    if not any(q.name in INFERENCE_QUEUES for q in state.consumer.task_consumer.queues):
         return {"ok": "ignored: this worker serves no inference queue"}
     if (name, alias) != (settings.model_name, settings.model_alias):
         return {"ok": f"ignored: this worker serves {settings.model_name}@{settings.model_alias}"}
