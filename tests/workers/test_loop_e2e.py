@@ -28,7 +28,7 @@ from db.migrate import upgrade
 from db.models import RetrainTrigger, TokenRole
 from db.session import session_scope
 from eldefect.data.voc_xml import read_voc_names
-from eldefect.registry import PRODUCTION, STAGING, resolve_alias
+from eldefect.registry import STAGING, resolve_alias
 from eldefect.settings import get_settings
 from tests.conftest import ModelStore
 from tests.workers import loop_data
@@ -265,7 +265,7 @@ def test_drift_reviews_one_trigger_a_better_challenger_and_a_promotion_without_a
     assert gate["passed"] and trigger["decision"] == "promoted", gate["reasons"]
     assert trigger["champion_version"] == champion
     assert resolve_alias(production_model.name, STAGING) == new
-    assert resolve_alias(production_model.name, PRODUCTION) == new
+    assert resolve_alias(production_model.name, "production") == new
 
     # Nothing submitted during training and promotion was lost.
     statuses = Counter(job["status"] for job in finished.values())

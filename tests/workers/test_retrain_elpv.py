@@ -53,7 +53,7 @@ def test_a_challenger_retrained_with_reviewed_poly_cells_beats_the_mono_champion
 ) -> None:
     from eldefect.config import load_train_config
     from eldefect.predictor import load_predictor
-    from eldefect.registry import PRODUCTION, model_uri, promote, register_run, resolve_alias
+    from eldefect.registry import model_uri, promote, register_run, resolve_alias
     from eldefect.train import train
 
     started = time.monotonic()
@@ -119,4 +119,4 @@ def test_a_challenger_retrained_with_reviewed_poly_cells_beats_the_mono_champion
     assert chall["accuracy"] > champ["accuracy"]
     assert chall["ap"]["defective"] > champ["ap"]["defective"]
     assert chall["macro_ap"] > champ["macro_ap"]
-    assert resolve_alias(settings.model_name, PRODUCTION) == version  # no auto-promotion
+    assert resolve_alias(settings.model_name, settings.model_alias) == version  # no auto-promotion
