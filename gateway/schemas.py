@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from db.models import DriftReport, Job, JobStatus, RetrainTrigger, Review
+from db.models import Job, JobStatus, RetrainTrigger, Review
+from monitoring.reports import ReportView
 
 
 def iso_utc(value: datetime) -> str:
@@ -159,7 +160,7 @@ class DriftReportPublic(BaseModel):
     measures: list[DriftMeasurePublic]
 
     @classmethod
-    def from_report(cls, report: DriftReport) -> DriftReportPublic:
+    def from_report(cls, report: ReportView) -> DriftReportPublic:
         return cls(
             id=report.id,
             created_at=report.created_at,
@@ -168,11 +169,11 @@ class DriftReportPublic(BaseModel):
             n=report.n,
             window_start=report.window_start,
             window_end=report.window_end,
-            thresholds=dict(report.thresholds),
-            notes=list(report.notes),
+            thresholds=report.thresholds,
+            notes=report.notes,
             measures=[
                 DriftMeasurePublic(
-                    kind=m.kind,
+                    kind=m.kind.value,
                     name=m.name,
                     window_value=m.window_value,
                     reference_value=m.reference_value,

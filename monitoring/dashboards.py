@@ -372,6 +372,19 @@ DRIFT = [
         "The model name and version the latest drift report is about.",
         [Query("max by (name, version) (eldefect_drift_model_info)", "{{name}} v{{version}}")],
     ),
+    Panel(
+        "Retrain triggers by reason and outcome",
+        "Retrain triggers that ended, counted since the start, by why they fired (drift, "
+        "reviews, schedule, manual) and how they ended (promoted, staged, rejected, failed). "
+        "A step up is a trigger that just ended; a rising `failed` line needs a look.",
+        [
+            Query(
+                "max by (reason, outcome) (eldefect_retrain_triggers_total)",
+                "{{reason}} {{outcome}}",
+            )
+        ],
+        width=24,
+    ),
 ]
 
 DASHBOARDS: dict[str, tuple[str, str, str, list[Panel]]] = {
@@ -392,7 +405,7 @@ DASHBOARDS: dict[str, tuple[str, str, str, list[Panel]]] = {
         "eldefect-drift",
         "eldefect drift",
         "The latest drift reports: verdict, window size, z and effect size per feature and "
-        "class against their thresholds.",
+        "class against their thresholds; the retrain triggers they lead to.",
         DRIFT,
     ),
 }

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
-from db.models import DriftReport
 from gateway.deps import OperatorDep, SessionDep
 from gateway.schemas import DriftReportList, DriftReportPublic, error_responses
+from monitoring.reports import latest_reports
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 
@@ -21,11 +19,7 @@ def list_drift_reports(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> DriftReportList:
-    """The latest drift reports of the served model, newest first, with their measures."""
-    rows = session.scalars(
-        select(DriftReport)
-        .options(selectinload(DriftReport.measures))
-        .order_by(DriftReport.created_at.desc(), DriftReport.id.desc())
-        .limit(limit)
-    )
-    return DriftReportList(reports=[DriftReportPublic.from_report(r) for r in rows])
+    """The latest drift reports of the served model, newest first, with their measures
+    (the same query as `eldefect drift report`)."""
+    reports = latest_reports(session=session, limit=limit)
+    return DriftReportList(reports=[DriftReportPublic.from_report(r) for r in reports])

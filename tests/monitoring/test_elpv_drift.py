@@ -77,14 +77,14 @@ def mono_split(real_data: Path, seed: int = 0) -> MonoSplit:
     return MonoSplit(root, train, held, [poly[i] for i in rng.permutation(len(poly))[:WINDOW]])
 
 
-def serve_through_worker(paths: list[Path], settings: Settings, model: ServingModel) -> None:
-    """Queue one job per image file and run worker batches until none is left queued."""
+def serve_through_worker(paths: list[Path], settings: Settings, model: ServingModel) -> list[str]:
+    """Queue one job per image file and run worker batches until none is left queued;
+    returns the job ids, in the order of `paths`."""
     from workers.inference import process_batch
 
     with session_scope(settings.database_url) as session:
         station = make_station(session)
-        for path in paths:
-            make_job(session, station=station, data=path.read_bytes())
+        ids = [make_job(session, station=station, data=path.read_bytes()).id for path in paths]
     while process_batch(settings=settings, model_source=lambda: model).claimed:
         pass
     with session_scope(settings.database_url) as session:
@@ -92,6 +92,7 @@ def serve_through_worker(paths: list[Path], settings: Settings, model: ServingMo
             select(func.count()).select_from(Job).where(Job.status == JobStatus.succeeded)
         )
     assert done is not None and done % WINDOW == 0, f"{done} jobs succeeded"
+    return ids
 
 
 def drifted(report: ReportView, kind: Kind) -> list[str]:

@@ -38,9 +38,10 @@ def defined_series() -> set[str]:
     from gateway import metrics as gateway_metrics
     from monitoring import metrics as worker_metrics
     from monitoring.collector import FAMILIES
+    from monitoring.retrain_metrics import METRIC as RETRAIN_TRIGGERS
 
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-    names = set(FAMILIES) | {"up"}
+    names = set(FAMILIES) | {"up", f"{RETRAIN_TRIGGERS}_total"}
     for module in (gateway_metrics, worker_metrics):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):

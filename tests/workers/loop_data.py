@@ -24,8 +24,10 @@ def shift(pixels: np.ndarray) -> np.ndarray:
     return (255 - pixels.astype(np.float32) * 0.8).clip(0, 255).astype(np.uint8)
 
 
-def shifted_dataset(out: Path, *, n: int, seed: int, size: int = 96) -> Path:
-    write_synthetic_dataset(out, n=n, seed=seed, size=size, classes=CLASSES, progress=False)
+def shifted_dataset(
+    out: Path, *, n: int, seed: int, size: int = 96, classes: list[str] = CLASSES
+) -> Path:
+    write_synthetic_dataset(out, n=n, seed=seed, size=size, classes=classes, progress=False)
     for path in (out / "JPEGImages").iterdir():
         Image.fromarray(shift(np.asarray(Image.open(path).convert("L")))).save(path)
     return out
@@ -78,7 +80,7 @@ def served_and_reviewed(
     return ids
 
 
-def write_config(path: Path, *, root: Path, epochs: int = 6) -> Path:
+def write_config(path: Path, *, root: Path, epochs: int = 6, recall_floor: float = 0.9) -> Path:
     """A small synthetic-cell training config over a VOC folder (the retraining config)."""
     config = {
         "name": "retrain-test",
@@ -87,7 +89,7 @@ def write_config(path: Path, *, root: Path, epochs: int = 6) -> Path:
         "model": {"arch": "cnn", "width": 16, "depth": 3},
         "augment": {"rotate_degrees": 0},
         "optim": {"epochs": epochs, "batch_size": 32, "lr": 0.006, "patience": 5, "threads": 2},
-        "thresholds": {"recall_floor": 0.9},
+        "thresholds": {"recall_floor": recall_floor},
     }
     path.write_text(yaml.safe_dump(config))
     return path
