@@ -6,7 +6,11 @@ the challenger passes when
 
 - its macro AP is not below the champion's by more than `ap_margin`, and
 - no class's recall, each model at its own tuned thresholds, is below the champion's by more
-  than `recall_margin`.
+  than `recall_margin`, except where the champion's recall was bought by flagging nearly
+  every image: when its precision on the class is no better than `UNINFORMATIVE_LIFT` times
+  the class's prevalence in the set, calling every image positive would do as well, so there
+  is no recall worth protecting (a mono-trained model calls almost every poly cell defective:
+  recall 0.95, accuracy 0.30). Each such skip is written down in the set's notes.
 
 It must pass on every set. Every number and every reason is kept, so the record says what
 stopped a challenger. Pure numpy; `score_folder` is the one function that runs a model.
@@ -27,6 +31,10 @@ from eldefect.metrics import macro, per_class_metrics
 if TYPE_CHECKING:
     from eldefect.predictor import Predictor
 
+# Precision at most this many times the class's prevalence counts as no better than flagging
+# every image (a precision equal to the prevalence is exactly what "all positive" scores).
+UNINFORMATIVE_LIFT = 1.1
+
 
 @dataclass(frozen=True)
 class SetScores:
@@ -37,7 +45,13 @@ class SetScores:
     accuracy: float  # every label right, at the model's thresholds
     ap: dict[str, float]
     recall: dict[str, float]  # at the model's tuned thresholds
+    precision: dict[str, float]  # at the model's tuned thresholds
     support: dict[str, int]
+
+    def flags_everything(self, label: str) -> bool:
+        """Its precision on `label` is no better than calling every image positive."""
+        prevalence = self.support.get(label, 0) / self.n_images if self.n_images else 0.0
+        return self.precision.get(label, 0.0) <= UNINFORMATIVE_LIFT * prevalence
 
 
 def score(
@@ -54,6 +68,7 @@ def score(
         accuracy=float(exact.mean()) if len(exact) else math.nan,
         ap={name: m.ap for name, m in per_class.items()},
         recall={name: m.recall for name, m in per_class.items()},
+        precision={name: m.precision for name, m in per_class.items()},
         support={name: m.support for name, m in per_class.items()},
     )
 
@@ -88,6 +103,7 @@ class SetVerdict:
     reasons: list[str]
     champion: SetScores | None
     challenger: SetScores
+    notes: list[str] = field(default_factory=list)  # rules not applied, and why
 
 
 def compare(
@@ -100,6 +116,7 @@ def compare(
 ) -> SetVerdict:
     """The challenger against the champion on one set (no champion: nothing to lose to)."""
     reasons: list[str] = []
+    notes: list[str] = []
     if champion is None:
         return SetVerdict(name, True, ["no champion to compare with"], None, challenger)
     if not (math.isnan(challenger.macro_ap) or math.isnan(champion.macro_ap)):
@@ -113,12 +130,20 @@ def compare(
         before = champion.recall.get(label, math.nan)
         if math.isnan(recall) or math.isnan(before):
             continue  # no positives of this class in the set, or the champion lacks it
-        if recall < before - recall_margin:
-            reasons.append(
-                f"{name}: recall of {label} {recall:.4f} < champion {before:.4f} "
-                f"- margin {recall_margin}"
+        if recall >= before - recall_margin:
+            continue
+        if champion.flags_everything(label):
+            notes.append(
+                f"{name}: recall of {label} not compared: the champion's precision "
+                f"{champion.precision[label]:.4f} is no better than flagging every image "
+                f"(prevalence {champion.support[label] / champion.n_images:.4f})"
             )
-    return SetVerdict(name, not reasons, reasons, champion, challenger)
+            continue
+        reasons.append(
+            f"{name}: recall of {label} {recall:.4f} < champion {before:.4f} "
+            f"- margin {recall_margin}"
+        )
+    return SetVerdict(name, not reasons, reasons, champion, challenger, notes)
 
 
 @dataclass
@@ -146,6 +171,7 @@ class GateResult:
                 s.name: {
                     "passed": s.passed,
                     "reasons": s.reasons,
+                    "notes": s.notes,
                     "champion": clean(asdict(s.champion)) if s.champion else None,
                     "challenger": clean(asdict(s.challenger)),
                 }
@@ -182,6 +208,7 @@ class GateResult:
                 + (f" vs {champ.accuracy:.4f}" if champ else "")
             )
         lines += [f"  - {reason}" for reason in self.reasons]
+        lines += [f"  (note) {note}" for s in self.sets for note in s.notes]
         return "\n".join(lines)
 
 

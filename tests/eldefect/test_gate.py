@@ -53,6 +53,22 @@ def test_margins_allow_small_losses_and_no_champion_or_no_set_decide_plainly() -
     assert not decide([], ap_margin=0.02, recall_margin=0.05).passed
 
 
+def test_a_recall_bought_by_flagging_every_image_is_not_protected() -> None:
+    # Ten images, four cracked. The champion calls every image cracked: recall 1.0, precision
+    # 0.4, exactly what "all positive" scores. The challenger finds three of the four cracks
+    # and nothing else: recall 0.75, but it is the one an operator can use.
+    targets = [[1, 0]] * 4 + [[0, 0]] * 6
+    flags_all = scores([[0.9, 0.1]] * 10, targets)
+    finds_most = scores([[0.9, 0.1]] * 3 + [[0.2, 0.1]] + [[0.1, 0.1]] * 6, targets)
+    assert flags_all.flags_everything("crack") and not finds_most.flags_everything("crack")
+    verdict = compare("holdout", flags_all, finds_most, ap_margin=0.02, recall_margin=0.05)
+    assert verdict.passed, verdict.reasons
+    assert any("recall of crack not compared" in note for note in verdict.notes)
+    # A champion with a real recall of its own is still protected.
+    sharp = scores([[0.9, 0.1]] * 4 + [[0.1, 0.1]] * 6, targets)
+    assert not compare("holdout", sharp, finds_most, ap_margin=0.5, recall_margin=0.05).passed
+
+
 def test_the_holdout_is_a_stable_share_by_job_id() -> None:
     ids = [f"{i:032x}" for i in range(4000)]
     held = [i for i in ids if is_holdout(i, 0.2)]
