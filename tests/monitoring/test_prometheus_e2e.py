@@ -182,6 +182,12 @@ def test_every_dashboard_query_and_alert_rule_returns_series(
     assert report is not None and report.n == 12, report
     assert {m.kind for m in report.measures} == {"feature", "class"}, report.measures
     wait_until(
+        lambda: bool(_series(prometheus, f"eldefect_drift_window_jobs == {report.n}")),
+        20,
+        "the drift report in Prometheus (the exporter reads it at its next scrape)",
+        logs,
+    )
+    wait_until(
         lambda: bool(
             _series(
                 prometheus,
