@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from db.session import session_scope
 from db.workers import record_heartbeat, remove_worker
 from eldefect.settings import Settings
@@ -79,10 +81,16 @@ class Housekeeper:
                 due[name] = time.monotonic() + intervals[name]
                 try:
                     task()
-                except Exception:  # the database briefly away must not end housekeeping
+                except (OperationalError, InterfaceError) as exc:  # the database is away
+                    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc) else ""
                     log.warning(
-                        "%s failed; trying again in %g s", name, intervals[name], exc_info=True
+                        "%s: database unavailable (%s); trying again in %g s",
+                        name,
+                        reason[:200],
+                        intervals[name],
                     )
+                except Exception:  # anything else is a bug to see, but must not end the thread
+                    log.exception("%s failed; trying again in %g s", name, intervals[name])
             self._stop.wait(max(0.0, min(due[n] for n in tasks) - time.monotonic()))
 
     def start(self) -> None:
