@@ -133,13 +133,14 @@ def pipeline_rows(
     batch size; decode + preprocess alone; one image through all of it (ms)."""
     files = [images[i % len(images)] for i in range(batch)]
 
+    def decode(data: bytes) -> np.ndarray:  # as workers/inference.py decodes
+        return decode_gray(data, max_pixels=max_pixels, min_side=predictor.input_size)
+
     def decode_preprocess() -> torch.Tensor:
-        return preprocess_batch(
-            [decode_gray(f, max_pixels=max_pixels) for f in files], predictor.spec
-        )
+        return preprocess_batch([decode(f) for f in files], predictor.spec)
 
     def whole(batch_files: Sequence[bytes]) -> np.ndarray:
-        grays = [decode_gray(f, max_pixels=max_pixels) for f in batch_files]
+        grays = [decode(f) for f in batch_files]
         for gray in grays:
             input_statistics(gray)
         return predictor.predict(grays)
@@ -414,14 +415,14 @@ def _measure(
 def format_limit(rows: list[dict[str, Any]]) -> str:
     runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
     by = {(r["runtime"], r["batch"]): r["images_per_s"] for r in rows}
-    header = f"{'batch':>6}" + "".join(f"{name + ' img/s':>20}" for name in runtimes)
+    header = f"{'batch':>6}" + "".join(f"  {name + ' images/s':>25}" for name in runtimes)
     if len(runtimes) > 1:
-        header += f"{runtimes[-1] + '/' + runtimes[0]:>24}"
+        header += f"  {runtimes[-1] + ' / ' + runtimes[0]:>30}"
     lines = [header]
     for batch in dict.fromkeys(r["batch"] for r in rows):
-        line = f"{batch:>6}" + "".join(f"{by[(n, batch)]:>20.1f}" for n in runtimes)
+        line = f"{batch:>6}" + "".join(f"  {by[(n, batch)]:>25.1f}" for n in runtimes)
         if len(runtimes) > 1:
-            line += f"{by[(runtimes[-1], batch)] / by[(runtimes[0], batch)]:>23.2f}x"
+            line += f"  {by[(runtimes[-1], batch)] / by[(runtimes[0], batch)]:>29.2f}x"
         lines.append(line)
     return "\n".join(lines)
 

@@ -218,7 +218,14 @@ def predict(images: tuple[Path, ...], model_uri: str | None, as_json: bool) -> N
     for path in images:
         try:
             decoded.append(
-                (path, decode_gray(path.read_bytes(), max_pixels=settings.max_image_pixels))
+                (
+                    path,
+                    decode_gray(
+                        path.read_bytes(),
+                        max_pixels=settings.max_image_pixels,
+                        min_side=predictor.input_size,
+                    ),
+                )
             )
         except ImageDecodeError as exc:
             failed.append(path)
