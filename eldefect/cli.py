@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -300,6 +301,8 @@ def bench(
 
     if bool(postgres_url) != bool(redis_url):
         raise click.UsageError("--postgres-url and --redis-url go together")
+    # A SIGTERM unwinds like Ctrl-C, so the servers the run started are stopped with it.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     report = run_bench(
         model_uri=model_uri,
         arch=arch,
