@@ -52,16 +52,15 @@ def main() -> None:
     os.environ["ELDEFECT_VAR_DIR"] = str(out)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
     get_settings.cache_clear()
-    name = get_settings().model_name
-    register_untrained(
-        arch="resnet18", size=224, labels=load_label_set("pv_multi_defect").labels, name=name
-    )
+    name, alias = get_settings().model_name, get_settings().model_alias
+    labels = load_label_set("pv_multi_defect").labels
+    register_untrained(arch="resnet18", size=224, labels=labels, name=name, alias=alias)
     plan = BenchPlan(jobs_per_point=100_000, seconds_per_point=opts.seconds)
     images = {"strip": synthetic_images(opts.images, 16)}
     ctx = BenchContext(
         plan=plan,
         model_name=name,
-        model_uri=f"models:/{name}@production",
+        model_uri=f"models:/{name}@{alias}",
         tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
         images=images,
         workdir=out,

@@ -200,12 +200,14 @@ def untrained_model(arch: str, num_classes: int) -> torch.nn.Module:
     return build_model(ModelConfig(arch=arch), num_classes).eval()
 
 
-def register_untrained(*, arch: str, size: int, labels: Sequence[str], name: str) -> str:
-    """Register an untrained model under `name@production` in the configured MLflow; returns
-    its version. The end-to-end sections need a registered model, the peers the same one."""
+def register_untrained(
+    *, arch: str, size: int, labels: Sequence[str], name: str, alias: str
+) -> str:
+    """Register an untrained model under `name@alias` in the configured MLflow; returns its
+    version. The end-to-end sections need a registered model, the peers the same one."""
     import mlflow
 
-    from eldefect.registry import PRODUCTION, configure_mlflow, log_model, register_run
+    from eldefect.registry import configure_mlflow, log_model, register_run
 
     configure_mlflow(experiment="eldefect-bench")
     card = ModelCard(
@@ -220,7 +222,7 @@ def register_untrained(*, arch: str, size: int, labels: Sequence[str], name: str
         log_model(untrained_model(arch, len(labels)), card)
     version = register_run(run.info.run_id, name)
     # Not registry.move_alias: its promotion hooks would tell running workers elsewhere.
-    mlflow.MlflowClient().set_registered_model_alias(name, PRODUCTION, version)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     return version
 
 
@@ -318,8 +320,9 @@ def run_bench(
             get_settings.cache_clear()
             settings = get_settings()
             labels = load_label_set("pv_multi_defect").labels
-            register_untrained(arch=arch, size=size, labels=labels, name=settings.model_name)
-            model_uri = f"models:/{settings.model_name}@production"
+            name, alias = settings.model_name, settings.model_alias
+            register_untrained(arch=arch, size=size, labels=labels, name=name, alias=alias)
+            model_uri = f"models:/{name}@{alias}"
             echo(f"registered an untrained {arch} ({size} px, {len(labels)} labels) as {model_uri}")
         _measure(report, model_uri, image_dir, sections, plan, options, echo)
     finally:  # the process's settings as they were (tests run this in-process)
