@@ -7,6 +7,8 @@ model, images and load generator against a synchronous FastAPI server
 (bench/peers/sync_predict.py) and MLflow's scoring server. Memory: peak RSS (VmHWM) of the
 gateway and of each worker. Scaling: 1 and 2 workers; cells, strips and modules.
 Every point is bounded by the plan's job count and seconds; every child is stopped at the end.
+MLflow's server gets the same weights logged in MLflow's PyTorch flavour (our own artifact
+is weights-only, which it cannot serve): `_mlflow_peer_registry`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from eldefect.bench import BenchContext
 
@@ -293,11 +296,50 @@ def _invocation_bodies(ctx: BenchContext, folder: Path) -> Path:
     return write_files(folder, bodies, ".json")
 
 
+def _mlflow_peer_registry(ctx: BenchContext) -> tuple[str, str]:
+    """The same weights as MLflow's own PyTorch flavour, which its server can load.
+
+    Our models are logged weights-only (eldefect.artifact), which `mlflow models serve` has
+    no backend for; so the peer gets a copy logged the way MLflow serves models, registered
+    under the same name and alias in a registry of the bench's own (nothing shared is
+    touched). Returns (tracking URI, model URI).
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from eldefect.registry import load_model
+
+    model, card = load_model(ctx.model_uri, tracking_uri=ctx.tracking_uri)
+    name, alias = ctx.model_name, ctx.model_uri.split("@", 1)[1]
+    uri = f"sqlite:///{ctx.workdir / 'peers' / 'mlflow.db'}"
+    (ctx.workdir / "peers").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    size = card.input_spec.size
+    example = np.zeros((2, 1, size, size), np.float32)
+    location = (ctx.workdir / "peers" / "mlartifacts").as_uri()
+    experiment = mlflow.create_experiment("mlflow-peer", artifact_location=location)
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            signature=infer_signature(example, np.zeros((2, len(card.labels)), np.float32)),
+            pip_requirements=["torch"],  # never installed: --env-manager local
+        )
+    version = mlflow.register_model(info.model_uri, name).version
+    mlflow.MlflowClient(uri).set_registered_model_alias(name, alias, str(version))
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    return uri, ctx.model_uri
+
+
 @contextmanager
 def peer(ctx: BenchContext, name: str) -> Iterator[tuple[str, int]]:
     """A running peer server: its URL and pid."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.tracking_uri, "PYTHONUNBUFFERED": "1"}
+    tracking_uri, model_uri = ctx.tracking_uri, ctx.model_uri
+    if name == "mlflow_serve":
+        tracking_uri, model_uri = _mlflow_peer_registry(ctx)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
     # MLflow runs `uvicorn` by name: the one beside this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     children = Children(ctx.workdir / "peers" / "logs", env)
@@ -306,7 +348,7 @@ def peer(ctx: BenchContext, name: str) -> Iterator[tuple[str, int]]:
         probe = "/docs"
     else:
         mlflow = str(Path(sys.executable).with_name("mlflow"))
-        argv = [mlflow, "models", "serve", "-m", ctx.model_uri, "--env-manager", "local"]
+        argv = [mlflow, "models", "serve", "-m", model_uri, "--env-manager", "local"]
         argv += ["-h", "127.0.0.1", "-p", str(port)]
         probe = "/ping"
     proc = children.start(name, argv)
