@@ -40,32 +40,38 @@ from workers.inference import process_batch
 
 SIZE = 224
 MAX_PIXELS = 40_000_000
+DEVICE = "cuda"  # --device cpu: a dry run of every code path but nvJPEG, on any machine
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def _timed(fn: Any, items: int, repeats: int = 5) -> float:
     fn()
-    torch.cuda.synchronize()
+    _sync()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         rates.append(items / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
 def limit(batches: list[int]) -> list[dict[str, Any]]:
-    model = untrained_model("resnet18", 5).cuda().eval()
+    model = untrained_model("resnet18", 5).to(DEVICE).eval()
     rows = []
     for batch in batches:
-        x = torch.randn(batch, 1, SIZE, SIZE, device="cuda")  # (B, 1, S, S)
+        x = torch.randn(batch, 1, SIZE, SIZE, device=DEVICE)  # (B, 1, S, S)
         xc = x.to(memory_format=torch.channels_last)
 
         def fp32(x: torch.Tensor = x) -> torch.Tensor:
             return model(x)
 
         def bf16(xc: torch.Tensor = xc) -> torch.Tensor:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
                 return model(xc)
 
         with torch.inference_mode():
@@ -107,9 +113,16 @@ def gpu_decode(files: list[bytes], batch: int) -> dict[str, Any]:
     datas = (datas * (batch // len(datas) + 1))[:batch]
 
     def run() -> torch.Tensor:
-        images = decode_jpeg(datas, mode=ImageReadMode.GRAY, device="cuda")
-        x = torch.stack([F.interpolate(i[None].float() / 255, size=(SIZE, SIZE)) for i in images])
-        return x
+        images = decode_jpeg(datas, mode=ImageReadMode.GRAY, device=DEVICE)
+        # As eldefect.preprocess.resize, on the card: (1, 1, H, W) -> (1, S, S) each.
+        return torch.cat(
+            [
+                F.interpolate(
+                    i[None].float() / 255, size=(SIZE, SIZE), mode="bilinear", antialias=True
+                )[0]
+                for i in images
+            ]
+        )
 
     rate = _timed(run, batch)
     print(f"GPU nvJPEG decode+resize, batch {batch}: {rate:>8.0f} images/s")
@@ -124,7 +137,7 @@ def worker_drain(files: list[bytes], jobs: int, batch_size: int) -> dict[str, An
     labels = ["hot_spot", "scratch", "black_border", "no_electricity", "broken"]
     spec = {"size": SIZE, "mean": 0.5, "std": 0.25}
     card = ModelCard(labels, spec, dict.fromkeys(labels, 0.5), "none", 0.0)
-    runner = TorchRunner(untrained_model("resnet18", len(labels)), torch.device("cuda"))
+    runner = TorchRunner(untrained_model("resnet18", len(labels)), torch.device(DEVICE))
     model = Predictor(runner, card, name="bench", version="1")
 
     with session_scope(url) as session:
@@ -148,14 +161,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("gpu-bench.json"))
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--worker-batch", type=int, default=256)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes (a dry run).")
     opts = parser.parse_args()
-    assert torch.cuda.is_available(), "no CUDA device"
-    files = synthetic_images("strip", 32)
-    report: dict[str, Any] = {"machine": machine(), "card": torch.cuda.get_device_name(0)}
-    report["limit"] = limit([1, 4, 16, 64, 256, 1024])
+    global DEVICE
+    DEVICE = opts.device
+    assert DEVICE == "cpu" or torch.cuda.is_available(), "no CUDA device"
+    files = synthetic_images("strip", 4 if opts.quick else 32)
+    card = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run)"
+    report: dict[str, Any] = {"machine": machine(), "card": card}
+    report["limit"] = limit([1, 4] if opts.quick else [1, 4, 16, 64, 256, 1024])
     cpus = os.cpu_count() or 1
-    report["cpu_decode"] = cpu_decode(files, sorted({1, 4, cpus}), total=2048)
-    report["gpu_decode"] = gpu_decode(files, 256)
+    procs = [1] if opts.quick else sorted({1, 4, cpus})
+    report["cpu_decode"] = cpu_decode(files, procs, total=8 if opts.quick else 2048)
+    if DEVICE == "cuda":
+        report["gpu_decode"] = gpu_decode(files, 256)
     report["worker"] = worker_drain(files, opts.jobs, opts.worker_batch)
     at_batch = min(report["limit"], key=lambda r: abs(r["batch"] - opts.worker_batch))
     best = max(at_batch["fp32_images_per_s"], at_batch["bf16_cl_images_per_s"])
