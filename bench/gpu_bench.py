@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -96,7 +97,9 @@ def cpu_decode(files: list[bytes], procs: list[int], total: int) -> list[dict[st
     rows = []
     chunks = [files] * max(1, total // len(files))
     for n in procs:
-        with ProcessPoolExecutor(n) as pool:
+        # Spawned, not forked: a fork of a process whose torch (or CUDA) threads already
+        # run can deadlock in the child.
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_cpu_decode, chunks[:n]))  # warm the workers
             start = time.perf_counter()
             done = sum(pool.map(_cpu_decode, chunks))
