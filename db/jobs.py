@@ -18,6 +18,7 @@ from typing import Protocol
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import (
     FILENAME_LENGTH,
@@ -205,6 +206,10 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    # A new job has no result and no review: say so, so that reading them (the answer to
+    # the upload) costs no query, and never a lazy load from wherever the answer is built.
+    set_committed_value(job, "result", None)
+    set_committed_value(job, "reviews", [])
     meta = upload.meta
     session.execute(
         insert(JobImage).values(
@@ -222,7 +227,7 @@ def find_job_by_idempotency(*, session: Session, station_id: str, key: str) -> J
     query = (
         select(Job)
         .where(Job.station_id == station_id, Job.idempotency_key == key)
-        .options(selectinload(Job.result))
+        .options(selectinload(Job.result), selectinload(Job.reviews))
     )
     return session.scalars(query).one_or_none()
 
@@ -329,7 +334,7 @@ def get_job_for_station(*, session: Session, job_id: str, station_id: str | None
     query = (
         select(Job)
         .where(Job.id == job_id)
-        .options(selectinload(Job.result))
+        .options(selectinload(Job.result), selectinload(Job.reviews))
         .execution_options(populate_existing=True)
     )
     if station_id is not None:
@@ -348,7 +353,7 @@ def get_batch_jobs(*, session: Session, batch_id: str) -> list[Job]:
         select(Job)
         .where(Job.batch_id == batch_id)
         .order_by(Job.batch_position, Job.created_at, Job.id)
-        .options(selectinload(Job.result))
+        .options(selectinload(Job.result), selectinload(Job.reviews))
         .execution_options(populate_existing=True)
     )
     return list(session.scalars(query))

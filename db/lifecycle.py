@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import InputStats, Job, JobImage, JobStatus, Result
@@ -31,6 +31,11 @@ from db.models import InputStats, Job, JobImage, JobStatus, Result
 WORKER_LOST = "worker_lost"
 MODEL_UNAVAILABLE = "model_unavailable"
 _OPEN = (JobStatus.queued, JobStatus.running)
+_NO_ERROR = {"error_code": None, "error_message": None}
+# PostgreSQL channel on which ended jobs are announced (gateway/waiting.py listens), ids
+# comma-separated; a payload must stay under 8000 bytes (36-character ids).
+JOB_ENDED_CHANNEL = "eldefect_job_ended"
+NOTIFY_IDS_PER_MESSAGE = 200
 
 
 def utcnow() -> datetime:
@@ -157,6 +162,34 @@ def _finish(session: Session, job_id: str, values: dict[str, Any]) -> bool:
     return closed is not None
 
 
+def _finish_many(session: Session, job_ids: Sequence[str], values: dict[str, Any]) -> set[str]:
+    """Close the open jobs among `job_ids` in one UPDATE; returns the ids it closed."""
+    if not job_ids:
+        return set()
+    closed = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status.in_(_OPEN))
+        .values(lease_expires_at=None, **values)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return set(closed)
+
+
+def _notify_ended(session: Session, job_ids: Sequence[str]) -> None:
+    """PostgreSQL: tell listeners (the gateway's long-polls) which jobs ended.
+
+    NOTIFY is transactional: it is delivered when, and only if, this transaction commits, so
+    a listener never reads a job that has not ended yet. A listener that misses it (it was
+    reconnecting) still finds the job on its next poll; SQLite has no NOTIFY, only the poll.
+    """
+    if not job_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    for i in range(0, len(job_ids), NOTIFY_IDS_PER_MESSAGE):
+        payload = ",".join(job_ids[i : i + NOTIFY_IDS_PER_MESSAGE])
+        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, payload)))
+
+
 def record_results(
     *,
     session: Session,
@@ -168,52 +201,51 @@ def record_results(
     """Store result and input statistics and mark each job succeeded; returns the ids written.
 
     Idempotent: a job that is no longer queued/running (it already has its result, or it
-    failed) is skipped, and the job row's conditional UPDATE comes first, so it is also the
+    failed) is skipped, and the job rows' conditional UPDATE comes first, so it is also the
     lock that keeps two concurrent writers from both adding a result (the result's primary
-    key is the job id as a last line of defence).
+    key is the job id as a last line of defence). A whole batch costs a fixed number of
+    statements (one UPDATE, two SELECTs, two multi-row INSERTs), not a few per job.
     """
     now = now or utcnow()
-    written: list[str] = []
-    for outcome in outcomes:
-        values = {
-            "status": JobStatus.succeeded,
-            "finished_at": now,
-            "error_code": None,
-            "error_message": None,
-        }
-        if not _finish(session, outcome.job_id, values):
-            continue
-        if session.get(Result, outcome.job_id) is not None:  # cannot happen unless hand-edited
-            continue
+    values = {"status": JobStatus.succeeded, "finished_at": now}
+    closed = _finish_many(session, [o.job_id for o in outcomes], values | _NO_ERROR)
+    if not closed:
+        return []
+    # Rows that cannot exist unless hand-edited (results) or left by an old version (stats).
+    has_result = set(session.scalars(select(Result.job_id).where(Result.job_id.in_(closed))))
+    has_stats = set(session.scalars(select(InputStats.job_id).where(InputStats.job_id.in_(closed))))
+    written = [o for o in outcomes if o.job_id in closed and o.job_id not in has_result]
+    if written:
         session.execute(
-            insert(Result).values(
-                job_id=outcome.job_id,
-                model_name=model_name,
-                model_version=str(model_version),
-                probabilities={k: float(v) for k, v in outcome.probabilities.items()},
-                defects=list(outcome.defects),
-                thresholds={k: float(v) for k, v in outcome.thresholds.items()},
-                inference_ms=float(outcome.inference_ms),
-                queue_wait_ms=float(outcome.queue_wait_ms),
-                created_at=now,
-            )
+            insert(Result),
+            [
+                {
+                    "job_id": o.job_id,
+                    "model_name": model_name,
+                    "model_version": str(model_version),
+                    "probabilities": {k: float(v) for k, v in o.probabilities.items()},
+                    "defects": list(o.defects),
+                    "thresholds": {k: float(v) for k, v in o.thresholds.items()},
+                    "inference_ms": float(o.inference_ms),
+                    "queue_wait_ms": float(o.queue_wait_ms),
+                    "created_at": now,
+                }
+                for o in written
+            ],
         )
-        if session.get(InputStats, outcome.job_id) is None:
-            session.execute(
-                insert(InputStats).values(
-                    job_id=outcome.job_id,
-                    created_at=now,
-                    # Every statistic the table has a column for; db knows no feature list.
-                    **{
-                        k: float(v)
-                        for k, v in outcome.stats.items()
-                        if k in InputStats.__table__.columns
-                    },
-                )
-            )
-        written.append(outcome.job_id)
+    stats_rows = [
+        # Every statistic the table has a column for; db knows no feature list.
+        {"job_id": o.job_id, "created_at": now}
+        | {k: float(v) for k, v in o.stats.items() if k in InputStats.__table__.columns}
+        for o in written
+        if o.job_id not in has_stats
+    ]
+    if stats_rows:
+        session.execute(insert(InputStats), stats_rows)
+    ids = [o.job_id for o in written]
+    _notify_ended(session, ids)
     session.flush()
-    return written
+    return ids
 
 
 def fail_jobs(
@@ -234,6 +266,7 @@ def fail_jobs(
         }
         if _finish(session, job_id, values):
             failed.append(job_id)
+    _notify_ended(session, failed)
     session.flush()
     return failed
 

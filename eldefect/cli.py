@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -218,7 +219,14 @@ def predict(images: tuple[Path, ...], model_uri: str | None, as_json: bool) -> N
     for path in images:
         try:
             decoded.append(
-                (path, decode_gray(path.read_bytes(), max_pixels=settings.max_image_pixels))
+                (
+                    path,
+                    decode_gray(
+                        path.read_bytes(),
+                        max_pixels=settings.max_image_pixels,
+                        min_side=predictor.input_size,
+                    ),
+                )
             )
         except ImageDecodeError as exc:
             failed.append(path)
@@ -237,29 +245,80 @@ def predict(images: tuple[Path, ...], model_uri: str | None, as_json: bool) -> N
 
 
 @cli.command()
-@click.option("--model-uri", default=None, help="A registered model; default: an untrained one.")
-@click.option("--arch", type=click.Choice(["cnn", "resnet18"]), default="cnn", show_default=True)
+@click.option(
+    "--model-uri",
+    default=None,
+    help="A registered model, models:/NAME@ALIAS; default: an untrained --arch registered "
+    "under a fresh MLflow store in the work folder.",
+)
+@click.option(
+    "--arch", type=click.Choice(["cnn", "resnet18"]), default="resnet18", show_default=True
+)
 @click.option("--size", type=click.IntRange(min=32), default=224, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True)
-def bench(model_uri: str | None, arch: str, size: int, batch: int, repeats: int) -> None:
-    """Measure CPU serving speed: eager vs channels_last vs ONNX Runtime (median images/s)."""
-    import torch
+@click.option(
+    "--images",
+    "image_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Serve these images as the strips (default: synthetic 600 px JPEG strips).",
+)
+@click.option(
+    "--only",
+    default="limit,pipeline,serving",
+    show_default=True,
+    help="Sections to run (serving: end to end, peers, memory, scaling).",
+)
+@click.option("--quick", is_flag=True, help="Tiny counts: a smoke test of every section.")
+@click.option("--postgres-url", default=None, help="Also run end to end on Postgres + Redis.")
+@click.option("--redis-url", default=None, help="The Redis broker for --postgres-url.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Default: var/bench/<time>.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Default: WORKDIR/bench.json.",
+)
+def bench(
+    model_uri: str | None,
+    arch: str,
+    size: int,
+    image_dir: Path | None,
+    only: str,
+    quick: bool,
+    postgres_url: str | None,
+    redis_url: str | None,
+    workdir: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Measure serving speed: forward pass, pipeline, end to end, peers (medians, ratios)."""
+    from eldefect.bench import run_bench
 
-    from eldefect.bench import bench_backends, format_rows, untrained_model
-
-    if model_uri:
-        from eldefect.registry import load_model
-
-        model, card = load_model(model_uri)
-        size, what = card.input_spec.size, model_uri
-    else:
-        model, what = untrained_model(arch, num_classes=12), f"untrained {arch}"
-    click.echo(
-        f"{what}, input 1x{size}x{size}, batch {batch}, {torch.get_num_threads()} threads, "
-        f"median of {repeats}"
+    if bool(postgres_url) != bool(redis_url):
+        raise click.UsageError("--postgres-url and --redis-url go together")
+    # A SIGTERM unwinds like Ctrl-C, so the servers the run started are stopped with it.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    report = run_bench(
+        model_uri=model_uri,
+        arch=arch,
+        size=size,
+        image_dir=image_dir,
+        sections=[s.strip() for s in only.split(",") if s.strip()],
+        quick=quick,
+        options={"postgres_url": postgres_url, "redis_url": redis_url},
+        workdir=workdir,
+        command=" ".join(["eldefect", *sys.argv[1:]]),
+        echo=click.echo,
     )
-    click.echo(format_rows(bench_backends(model, size=size, batch=batch, repeats=repeats)))
+    path = json_path or report["workdir"] / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, "workdir": str(report["workdir"])}, indent=2) + "\n")
+    click.echo(f"results: {path}")
 
 
 @cli.command()

@@ -70,7 +70,10 @@ def predict_folder(
 ) -> np.ndarray:
     probs = [
         predictor.predict(
-            [decode_gray(p.read_bytes(), max_pixels=max_pixels) for p in paths[i : i + batch]]
+            [
+                decode_gray(p.read_bytes(), max_pixels=max_pixels, min_side=predictor.input_size)
+                for p in paths[i : i + batch]
+            ]
         )
         for i in range(0, len(paths), batch)
     ]

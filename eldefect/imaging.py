@@ -107,11 +107,28 @@ def _to_unit_gray(img: Image.Image) -> np.ndarray:
     return rgb @ _LUMA
 
 
-def _load(data: bytes, max_pixels: int, *, low_bytes: bool = False) -> tuple[Image.Image, str]:
-    """Open, check and fully decode (native pixel mode), upright per EXIF orientation.
+def _reduce_jpeg(img: ImageFile.ImageFile, min_side: int) -> None:
+    """Let the JPEG decoder scale by 1/2, 1/4 or 1/8 while both sides stay >= `min_side`.
+
+    The scaling happens in the DCT, so decoding costs a fraction of a full decode and every
+    step after it (statistics, resize) works on fewer pixels. An RGB JPEG is decoded to its
+    luma plane (Y is 0.299 R + 0.587 G + 0.114 B, the weights of `_LUMA`), skipping the
+    colour conversion. Every entropy-coded byte is still read, so a truncated or corrupt
+    file fails as it does at full size.
+    """
+    width, height = img.size
+    mode = "L" if img.mode == "RGB" else img.mode
+    img.draft(mode, (min(min_side, width), min(min_side, height)))
+
+
+def _load(
+    data: bytes, max_pixels: int, *, low_bytes: bool = False, min_side: int | None = None
+) -> tuple[Image.Image, str]:
+    """Open, check and decode (native pixel mode), upright per EXIF orientation.
 
     Returns the image and its format name (the upright copy no longer carries it). With
     `low_bytes`, a 16-bit RGB(A) PNG is decoded to the low bytes of its samples instead.
+    With `min_side`, a JPEG may be decoded at a reduced size (`_reduce_jpeg`).
     """
     img = _open(data, max_pixels)
     # Pillow names a JPEG with a multi-picture (MPF) segment, as cameras write, "MPO".
@@ -119,6 +136,8 @@ def _load(data: bytes, max_pixels: int, *, low_bytes: bool = False) -> tuple[Ima
     try:
         if low_bytes:
             img.tile = [tile._replace(args=_PNG_LOW_BYTES[str(tile.args)]) for tile in img.tile]
+        if min_side is not None and fmt == "JPEG":
+            _reduce_jpeg(img, min_side)
         img.load()
         return ImageOps.exif_transpose(img), fmt
     except Exception as exc:  # untrusted bytes: any decoder failure is the image's fault
@@ -145,24 +164,41 @@ def _check_finite(pixels: np.ndarray) -> None:
         raise ImageDecodeError("invalid_image", "the image has pixels that are not finite numbers")
 
 
+# The gateway's check decodes a JPEG at 1/8 scale: every byte is still entropy-decoded (a
+# truncated or corrupt file fails), at a fraction of a full decode's cost.
+_VERIFY_JPEG_SIDE = 1
+_EXIF_ORIENTATION = 0x0112
+
+
 def verify_image(data: bytes, *, max_pixels: int) -> ImageInfo:
-    """Everything `decode_gray` would refuse, refused, without its float conversion.
+    """What `decode_gray` would refuse, refused, without its float conversion.
 
     The gateway's check: a truncated file fails here, and memory stays at the native pixel
-    size (a quarter of a float32 RGB copy).
+    size (a quarter of a float32 RGB copy). The info describes the file as stored (size,
+    mode), whatever scale a JPEG was checked at.
     """
-    img, fmt = _load(data, max_pixels)
+    img, fmt = _load(data, max_pixels, min_side=_VERIFY_JPEG_SIDE)
+    header = _open(data, max_pixels)  # sizes as stored; its EXIF parsed in _load already
+    # EXIF orientations 5..8 turn the image a quarter: its upright sides swap.
+    quarter_turn = header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    width, height = header.size[::-1] if quarter_turn else header.size
     if img.mode == "F":
         _check_finite(np.asarray(img))
-    return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
+    return ImageInfo(format=fmt, width=width, height=height, mode=header.mode)
 
 
-def decode_gray(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation."""
+def decode_gray(data: bytes, *, max_pixels: int, min_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to an (H, W) float32 array in 0..1, upright per EXIF orientation.
+
+    `min_side`: the model's input size, when the image only goes on to be resized to it. A
+    JPEG is then decoded at the smallest reduced scale whose sides both stay >= `min_side`
+    (`_reduce_jpeg`); other formats decode in full. Training (eldefect.data.cache) and serving
+    (the worker) both pass the model's input size, so the model sees the same pixels in both.
+    """
     if _is_deep_png(data, max_pixels):
         gray = _deep_png_rgb(data, max_pixels) @ _LUMA
     else:
-        img, _format = _load(data, max_pixels)
+        img, _format = _load(data, max_pixels, min_side=min_side)
         try:
             gray = _to_unit_gray(img)
         except Exception as exc:  # a pixel mode with no conversion to RGB (LAB, HSV, ...)

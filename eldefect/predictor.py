@@ -114,6 +114,7 @@ class Predictor:
         self.labels = list(card.labels)
         self.thresholds = {label: float(card.thresholds.get(label, 0.5)) for label in self.labels}
         self.spec = card.input_spec
+        self.input_size = self.spec.size  # decoders may stop at this size (decode_gray)
 
     @property
     def backend(self) -> str:

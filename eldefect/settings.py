@@ -74,7 +74,12 @@ class Settings(BaseSettings):
     # Serving.
     auth_enabled: bool = True
     batch_size: int = Field(16, ge=1)
-    batch_wait_ms: int = Field(50, ge=0)
+    batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        description="How long a batch that took every queued job waits for more to arrive. "
+        "0: none; under load batches fill by themselves, since jobs queue while one runs.",
+    )
     inference_backend: Literal["auto", "onnx", "torch"] = "auto"
     inference_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where a worker runs the model; `eldefect worker --device` sets it."

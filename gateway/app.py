@@ -19,7 +19,7 @@ from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
 from gateway.routes import batches, drift, health, jobs, retrains, reviews
 from gateway.uploads import decode_slots
-from gateway.waiting import JobWatcher
+from gateway.waiting import JobWatcher, listen_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     enqueuer = Enqueuer(settings)
     watcher = JobWatcher(
-        lambda: get_sessionmaker(settings.database_url)(), interval_s=settings.gateway_wait_poll_s
+        lambda: get_sessionmaker(settings.database_url)(),
+        interval_s=settings.gateway_wait_poll_s,
+        listen=listen_conninfo(settings.database_url),
     )
 
     @asynccontextmanager

@@ -1,9 +1,10 @@
 """Plain functions behind the tasks: one batch of inference, one sweep. Tests call these.
 
 A batch: claim up to `batch_size` queued jobs (the message's own job first), wait up to
-`batch_wait_ms` for more while the batch is not full, decode each image (an image that will
-not decode fails its job at once, with the reason), compute its input statistics, run ONE
-forward pass over the rest, and store every result and statistic in one transaction.
+`batch_wait_ms` (default 0) for more while the batch is not full, decode each image (an
+image that will not decode fails its job at once, with the reason) no larger than the
+model's input, compute its input statistics, run ONE forward pass over the rest, and store
+every result and statistic in one transaction.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
 
 
 def _decode(
-    jobs: Sequence[lifecycle.ClaimedJob], *, max_pixels: int
+    jobs: Sequence[lifecycle.ClaimedJob], *, max_pixels: int, min_side: int
 ) -> tuple[
     list[tuple[lifecycle.ClaimedJob, np.ndarray, dict[str, float]]], dict[str, tuple[str, str]]
 ]:
@@ -84,7 +85,7 @@ def _decode(
     for job in jobs:
         started = time.perf_counter()
         try:
-            gray = decode_gray(job.image, max_pixels=max_pixels)
+            gray = decode_gray(job.image, max_pixels=max_pixels, min_side=min_side)
             stats = input_statistics(gray)
         except ImageDecodeError as exc:
             errors[job.id] = (exc.code, exc.message)
@@ -143,7 +144,9 @@ def process_batch(
         if not jobs:
             return report
         metrics.record_claimed((job.started_at - job.created_at).total_seconds() for job in jobs)
-        ready, errors = _decode(jobs, max_pixels=settings.max_image_pixels)
+        ready, errors = _decode(
+            jobs, max_pixels=settings.max_image_pixels, min_side=model.input_size
+        )
         outcomes: list[lifecycle.JobOutcome] = []
         if ready:
             started = time.perf_counter()

@@ -39,6 +39,7 @@ class ServingModel(Protocol):
 
     name: str
     version: str
+    input_size: int  # the model's square input side: JPEGs decode no larger than needed
 
     def predict(self, images: Any) -> np.ndarray: ...
 

@@ -42,7 +42,8 @@ class ImageCache:
         unreadable, near_black = [], []
         for sample in tqdm(samples, desc="decode", unit="img", disable=not progress):
             try:
-                gray = decode_gray(sample.path.read_bytes(), max_pixels=max_pixels)
+                # As the worker decodes for this model: see decode_gray's min_side.
+                gray = decode_gray(sample.path.read_bytes(), max_pixels=max_pixels, min_side=size)
             except (OSError, ImageDecodeError) as exc:
                 unreadable.append(f"{sample.path.name} ({exc})")
                 continue

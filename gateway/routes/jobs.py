@@ -10,7 +10,6 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
-from db.models import Job
 from db.session import get_sessionmaker
 from eldefect.settings import Settings
 from gateway.deps import (
@@ -41,6 +40,11 @@ def job_not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job {job_id!r} for this station")
 
 
+def _first_job(*, session: Session, station_id: str, key: str) -> JobPublic | None:
+    job = crud.find_job_by_idempotency(session=session, station_id=station_id, key=key)
+    return None if job is None else JobPublic.from_job(job)
+
+
 def _accept_job(
     *,
     session: Session,
@@ -50,8 +54,11 @@ def _accept_job(
     station_id: str,
     part: FilePart,
     idempotency_key: str | None,
-) -> tuple[Job, bool]:
-    """Validate the file, store the job (or find the key's first job) and enqueue a new one."""
+) -> tuple[JobPublic, bool]:
+    """Validate the file, store the job (or find the key's first job) and enqueue a new one.
+
+    The answer is built here, in the worker thread: nothing may wait for the database on the
+    event loop, or one request waiting for a pooled connection stops them all."""
     try:
         upload = receive_upload(part, settings=settings, slots=slots)
     except UploadRefused as exc:
@@ -63,7 +70,7 @@ def _accept_job(
     if created:
         JOBS_ACCEPTED.labels(endpoint="jobs").inc()
         enqueuer.send([job.id])
-    return job, created
+    return JobPublic.from_job(job), created
 
 
 @router.post(
@@ -101,15 +108,12 @@ async def submit_job(
     # The token was checked from the headers (CurrentStation); only now is the body read.
     if idempotency_key is not None:
         first = await run_in_threadpool(
-            crud.find_job_by_idempotency,
-            session=session,
-            station_id=station.id,
-            key=idempotency_key,
+            _first_job, session=session, station_id=station.id, key=idempotency_key
         )
         if first is not None:  # a retry: answered without reading its body
             response.status_code = 200
             response.headers["Location"] = f"/v1/jobs/{first.id}"
-            return JobPublic.from_job(first)
+            return first
     form = await read_form(
         request,
         max_files=1,
@@ -136,7 +140,7 @@ async def submit_job(
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobPublic.from_job(job)
+    return job
 
 
 def _read_job(database_url: str, job_id: str, station_id: str | None) -> JobPublic | None:

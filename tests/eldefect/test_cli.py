@@ -71,11 +71,16 @@ def test_promote_prints_the_comparison(production_model: ModelStore) -> None:
     assert "production ->" in result.output
 
 
-def test_bench_reports_each_backend() -> None:
-    result = CliRunner().invoke(cli, ["bench", "--size", "64", "--batch", "4", "--repeats", "2"])
+def test_bench_limit_reports_each_runtime(tmp_path: Path) -> None:
+    args = ["bench", "--only", "limit", "--quick", "--arch", "cnn", "--size", "64"]
+    result = CliRunner().invoke(cli, [*args, "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for backend in ("torch eager", "torch channels_last", "onnxruntime"):
-        assert backend in result.output
+    for runtime in ("torch-cpu", "onnxruntime-cpu"):
+        assert runtime in result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["limit"]
+    assert {(r["runtime"], r["batch"]) for r in rows} == {
+        (runtime, batch) for runtime in ("torch-cpu", "onnxruntime-cpu") for batch in (1, 4)
+    }
 
 
 def test_user_errors_are_one_clear_line(tmp_path: Path, settings_env: Path) -> None:

@@ -141,3 +141,45 @@ def test_float_tiff_with_nan_is_refused() -> None:
     with pytest.raises(ImageDecodeError, match="not finite") as err:
         decode_gray(encode(pixels, "TIFF"), max_pixels=LIMIT)
     assert err.value.code == "invalid_image"
+
+
+def test_a_jpeg_decodes_no_larger_than_the_model_needs_and_looks_the_same() -> None:
+    from eldefect.preprocess import resize
+
+    pixels = (gradient(600, 800) * 255).astype(np.uint8)
+    rgb = np.stack([pixels] * 3, axis=-1)  # as PV-Multi-Defect stores its strips
+    data = encode(rgb, "JPEG", quality=95)
+    full = decode_gray(data, max_pixels=LIMIT)
+    reduced = decode_gray(data, max_pixels=LIMIT, min_side=224)
+    assert full.shape == (600, 800) and reduced.shape == (300, 400)  # 1/2: 1/4 would be < 224
+    assert decode_gray(data, max_pixels=LIMIT, min_side=64).shape == (75, 100)  # 1/8 at most
+    # What the model sees after the resize barely changes.
+    assert float((resize(full, 224) - resize(reduced, 224)).abs().max()) < 0.02
+
+
+def test_min_side_leaves_other_formats_and_small_jpegs_at_full_size() -> None:
+    pixels = (gradient(300, 300) * 255).astype(np.uint8)
+    assert decode_gray(encode(pixels, "PNG"), max_pixels=LIMIT, min_side=64).shape == (300, 300)
+    small = encode(pixels[:200, :200], "JPEG")
+    assert decode_gray(small, max_pixels=LIMIT, min_side=224).shape == (200, 200)
+
+
+def test_verify_checks_a_jpeg_at_reduced_size_but_reports_its_stored_size() -> None:
+    rng = np.random.default_rng(0)
+    data = encode(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), "JPEG")
+    info = verify_image(data, max_pixels=LIMIT)
+    assert (info.format, info.width, info.height, info.mode) == ("JPEG", 640, 480, "RGB")
+    for cut in (len(data) // 3, len(data) - 64):  # a cut anywhere in the scan is still seen
+        with pytest.raises(ImageDecodeError) as err:
+            verify_image(data[:cut], max_pixels=LIMIT)
+        assert err.value.code == "corrupt_image"
+
+
+def test_verify_reports_the_upright_size_of_a_turned_jpeg() -> None:
+    img = Image.fromarray(np.zeros((20, 50), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    info = verify_image(buf.getvalue(), max_pixels=LIMIT)
+    assert (info.width, info.height) == (20, 50)

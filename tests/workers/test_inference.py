@@ -29,6 +29,7 @@ class FakeModel:
 
     def __init__(self, version: str = "1", fail_on_size: int | None = None) -> None:
         self.name, self.version = "el_defect_classifier", version
+        self.input_size = 32
         self.calls: list[int] = []
         self.fail_on_size = fail_on_size
 
