@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -171,18 +172,7 @@ class DriftReportPublic(BaseModel):
             window_end=report.window_end,
             thresholds=report.thresholds,
             notes=report.notes,
-            measures=[
-                DriftMeasurePublic(
-                    kind=m.kind.value,
-                    name=m.name,
-                    window_value=m.window_value,
-                    reference_value=m.reference_value,
-                    z=m.z,
-                    effect=m.effect,
-                    drifted=m.drifted,
-                )
-                for m in report.measures
-            ],
+            measures=[DriftMeasurePublic(**asdict(m)) for m in report.measures],
         )
 
 
