@@ -108,7 +108,7 @@ class ServingConfig(_Strict):
         0.01, ge=0, description="Largest validation macro AP the int8 copy may lose."
     )
     int8_min_agreement: float = Field(
-        0.99, ge=0, le=1, description="Share of validation decisions it must keep."
+        0.98, ge=0, le=1, description="Share of validation decisions it must keep."
     )
     calibration_images: int = Field(128, ge=1, description="Training images for int8 ranges.")
 
