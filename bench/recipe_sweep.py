@@ -50,7 +50,7 @@ class MemoryTracker:
     def log_text(self, text: str, path: str) -> None:
         self.texts[path] = text
 
-    def log_model(self, model: Any, card: Any) -> str:
+    def log_model(self, model: Any, card: Any, *, int8_onnx: bytes | None = None) -> str:
         return "not-saved"
 
 

@@ -1,4 +1,5 @@
-"""A registered model's files: its weights as a plain state_dict, beside its card.
+"""A registered model's files: its weights as a plain state_dict, beside its card, and an
+optional int8 ONNX copy for CPU serving (eldefect.quantize).
 
 Loading a pickled module runs whatever code the pickle names, so anyone able to register a
 model version could run code in every worker that serves it. Here the artifact holds only
@@ -8,11 +9,16 @@ object), and the architecture is rebuilt from the card's training config with ou
 The module is an MLflow flavor (`save_model(path, mlflow_model=..., **kwargs)`), so
 `mlflow.models.Model.log(flavor=eldefect.artifact, ...)` logs and registers it like any
 other model: the card travels in the MLmodel metadata.
+
+The ONNX copy is a graph of standard operators that ONNX Runtime interprets; it runs no
+Python. Its tensors must be inside the file: a graph naming external data files would read
+whatever paths it names, so such a copy is refused.
 """
 
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 
 FLAVOR = "eldefect_state_dict"
 WEIGHTS_FILE = "state_dict.pt"
+INT8_FILE = "model.int8.onnx"
 CARD_KEY = "eldefect_card"
 
 
@@ -40,10 +47,12 @@ def save_model(
     mlflow_model: Model,
     model: torch.nn.Module,
     card: ModelCard,
+    int8_onnx: bytes | None = None,
     signature: Any = None,
     **_: Any,
 ) -> None:
-    """Write `model`'s state_dict and an MLmodel file naming this flavor into `path`."""
+    """Write `model`'s state_dict, the int8 copy if given, and an MLmodel file naming this
+    flavor into `path`."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -51,7 +60,11 @@ def save_model(
     mlflow_model.metadata = {**(mlflow_model.metadata or {}), CARD_KEY: card.to_dict()}
     if signature is not None:
         mlflow_model.signature = signature
-    mlflow_model.add_flavor(FLAVOR, weights=WEIGHTS_FILE, format="torch_state_dict")
+    files = {"weights": WEIGHTS_FILE}
+    if int8_onnx is not None:
+        (folder / INT8_FILE).write_bytes(int8_onnx)
+        files["int8_onnx"] = INT8_FILE
+    mlflow_model.add_flavor(FLAVOR, format="torch_state_dict", **files)
     mlflow_model.save(str(folder / "MLmodel"))
 
 
@@ -90,8 +103,34 @@ def build_from_card(card: ModelCard, state: dict[str, torch.Tensor]) -> torch.nn
     return model.eval()
 
 
-def load_local(folder: Path, where: str) -> tuple[torch.nn.Module, ModelCard]:
-    """Model and card from a downloaded artifact folder; `where` names it in errors."""
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    card: ModelCard
+    int8_onnx: bytes | None  # the int8 serving copy, when the artifact has one
+
+
+def _file_in(folder: Path, name: str, where: str) -> Path:
+    file = folder / name
+    if not file.is_file() or file.parent.resolve() != folder.resolve():
+        raise UnsafeModelError(f"{where} has no file {file.name}")
+    return file
+
+
+def read_onnx(file: Path) -> bytes:
+    """The graph in `file`; refused when it names external data files."""
+    import onnx
+
+    graph = file.read_bytes()
+    proto = onnx.load_model_from_string(graph)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise UnsafeModelError(f"{file.name} refers to external data files")
+    return graph
+
+
+def load_local(folder: Path, where: str) -> LoadedModel:
+    """Model, card and int8 copy from a downloaded artifact folder; `where` names it in
+    errors."""
     from mlflow.models import Model
 
     mlflow_model = Model.load(str(folder / "MLmodel"))
@@ -102,7 +141,9 @@ def load_local(folder: Path, where: str) -> tuple[torch.nn.Module, ModelCard]:
             "weights only, so log it again with this version (`eldefect train`)"
         )
     card = read_card(mlflow_model, where)
-    weights = folder / str(mlflow_model.flavors[FLAVOR].get("weights", WEIGHTS_FILE))
-    if not weights.is_file() or weights.parent.resolve() != folder.resolve():
-        raise UnsafeModelError(f"{where} has no weights file {weights.name}")
-    return build_from_card(card, load_weights(weights)), card
+    files = mlflow_model.flavors[FLAVOR]
+    weights = _file_in(folder, str(files.get("weights", WEIGHTS_FILE)), where)
+    model = build_from_card(card, load_weights(weights))
+    int8 = files.get("int8_onnx")
+    int8_onnx = read_onnx(_file_in(folder, str(int8), where)) if int8 else None
+    return LoadedModel(model, card, int8_onnx)

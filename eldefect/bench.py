@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,7 +34,11 @@ from eldefect.imaging import decode_gray
 from eldefect.models import build_model
 from eldefect.predictor import OnnxRunner, Predictor, TorchRunner
 from eldefect.preprocess import preprocess_batch
+from eldefect.quantize import export_onnx, quantize_int8
 from eldefect.stats import input_statistics
+
+if TYPE_CHECKING:
+    from eldefect.artifact import LoadedModel
 
 BENCH_SECTIONS = "eldefect.bench_sections"
 IMAGE_KINDS = ("cell", "strip", "module")  # 300 px PNG, 600 px JPEG, 2000x1000 JPEG
@@ -95,11 +99,15 @@ def median_rate(run: Callable[[], object], items: int, repeats: int) -> float:
     return statistics.median(rates)
 
 
-def serving_runtimes(model: torch.nn.Module, size: int) -> dict[str, Runner]:
+def serving_runtimes(loaded: LoadedModel) -> dict[str, Runner]:
     """The runtimes a CPU worker can serve with (eldefect.predictor), by name."""
-    onnx = OnnxRunner(model, size)  # exports a contiguous copy; TorchRunner converts in place
-    torch_runner = TorchRunner(model, torch.device("cpu"))
-    return {torch_runner.name: torch_runner, onnx.name: onnx}
+    # Exports a contiguous copy; TorchRunner converts the model in place.
+    onnx = OnnxRunner.export(loaded.model, loaded.card.input_spec.size)
+    torch_runner = TorchRunner(loaded.model, torch.device("cpu"))
+    runtimes: dict[str, Runner] = {torch_runner.name: torch_runner, onnx.name: onnx}
+    if loaded.int8_onnx is not None:
+        runtimes["onnxruntime-int8"] = OnnxRunner(loaded.int8_onnx, name="onnxruntime-int8")
+    return runtimes
 
 
 def limit_rows(
@@ -204,22 +212,37 @@ def register_untrained(
     *, arch: str, size: int, labels: Sequence[str], name: str, alias: str
 ) -> str:
     """Register an untrained model under `name@alias` in the configured MLflow; returns its
-    version. The end-to-end sections need a registered model, the peers the same one."""
+    version. The end-to-end sections need a registered model, the peers the same one.
+
+    Like a trained one, it carries an int8 copy, calibrated on synthetic strips; with no
+    labelled data to check it on, its card says so, and it is served for speed only."""
     import mlflow
 
     from eldefect.registry import configure_mlflow, log_model, register_run
+    from eldefect.settings import get_settings
 
     configure_mlflow(experiment="eldefect-bench")
+    spec = {"size": size, "mean": 0.5, "std": 0.25}
     card = ModelCard(
         labels=list(labels),
-        input={"size": size, "mean": 0.5, "std": 0.25},
+        input=spec,
         thresholds=dict.fromkeys(labels, 0.5),
         selection_metric="none (untrained, for speed only)",
         selection_value=0.0,
         config={"model": {"arch": arch}},
+        serving={"int8": {"accepted": True, "reason": "untrained bench model, not checked"}},
     )
+    model = untrained_model(arch, len(labels))
+    calibration = preprocess_batch(
+        [
+            decode_gray(data, max_pixels=get_settings().max_image_pixels, min_side=size)
+            for data in synthetic_images("strip", 16, seed=99)
+        ],
+        card.input_spec,
+    ).numpy()
+    int8 = quantize_int8(export_onnx(model, size), calibration)
     with mlflow.start_run(run_name="bench-untrained") as run:
-        log_model(untrained_model(arch, len(labels)), card)
+        log_model(model, card, int8_onnx=int8)
     version = register_run(run.info.run_id, name)
     # Not registry.move_alias: its promotion hooks would tell running workers elsewhere.
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
@@ -347,7 +370,7 @@ def _measure(
     echo: Callable[[str], None],
 ) -> None:
     from eldefect.predictor import load_predictor
-    from eldefect.registry import load_model
+    from eldefect.registry import load_artifact
     from eldefect.settings import get_settings
 
     settings = get_settings()
@@ -367,9 +390,8 @@ def _measure(
         f"load {os.getloadavg()[0]:.2f}, median of {plan.repeats}"
     )
     if "limit" in sections:
-        model, _card = load_model(model_uri)
         report["limit"] = limit_rows(
-            serving_runtimes(model, size),
+            serving_runtimes(load_artifact(model_uri)),
             size=size,
             batches=plan.limit_batches,
             repeats=plan.repeats,

@@ -28,6 +28,13 @@ class ModelCard:
     # From `eldefect train --cv K`: per-class fold means and spreads, and the calibration of
     # the out-of-fold probabilities the thresholds were tuned on (empty without --cv).
     cv: dict[str, Any] = field(default_factory=dict)
+    # Serving copies made at training time: {"int8": eldefect.quantize.Int8Check as a dict}.
+    serving: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def int8_accepted(self) -> bool:
+        """Whether the int8 copy passed its validation check (eldefect.quantize)."""
+        return bool(self.serving.get("int8", {}).get("accepted", False))
 
     @property
     def input_spec(self) -> InputSpec:

@@ -102,6 +102,17 @@ class ThresholdConfig(_Strict):
     default: float = Field(0.5, gt=0, lt=1)
 
 
+class ServingConfig(_Strict):
+    int8: bool = Field(True, description="Also ship an int8 ONNX copy for CPU workers.")
+    int8_max_ap_drop: float = Field(
+        0.01, ge=0, description="Largest validation macro AP the int8 copy may lose."
+    )
+    int8_min_agreement: float = Field(
+        0.98, ge=0, le=1, description="Share of validation decisions it must keep."
+    )
+    calibration_images: int = Field(128, ge=1, description="Training images for int8 ranges.")
+
+
 class TrainConfig(_Strict):
     name: str = "eldefect"
     data: DataConfig = DataConfig()
@@ -110,6 +121,7 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
+    serving: ServingConfig = ServingConfig()
 
 
 class ConfigError(ValueError):

@@ -1,13 +1,14 @@
 """Serving a registered model: decoded images in, per-class probabilities out.
 
-Backends for the same weights: `torch` (eager, channels_last on CPU) and `onnx` (ONNX Runtime,
-fastest on CPU). `auto` takes ONNX on CPU when the exported graph reproduces the torch
-probabilities within `ONNX_TOLERANCE` on a check batch, torch otherwise (and always on CUDA).
+Backends for the same weights: `torch` (eager, channels_last on CPU), `onnx` (ONNX Runtime on
+the float graph, exported at load) and `int8` (ONNX Runtime on the int8 copy made and checked
+at training time, eldefect.quantize). `auto` on CPU takes the int8 copy when its card says it
+passed its validation check, else the float graph when it reproduces the torch probabilities
+within `ONNX_TOLERANCE` on a check batch, else torch; on CUDA always torch.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -19,11 +20,12 @@ import torch
 
 from eldefect.card import ModelCard
 from eldefect.preprocess import preprocess_batch
-from eldefect.registry import load_model
+from eldefect.quantize import INPUT, OUTPUT, export_onnx, session
+from eldefect.registry import load_artifact
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "onnx", "torch"]
+Backend = Literal["auto", "int8", "onnx", "torch"]
 ONNX_TOLERANCE = 1e-4
 
 
@@ -47,40 +49,25 @@ class TorchRunner:
 
 
 class OnnxRunner:
-    def __init__(self, model: torch.nn.Module, size: int) -> None:
-        import onnxruntime as ort
+    """ONNX Runtime on CPU over a serialized graph (eldefect.quantize's input and output)."""
 
-        for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):  # per-pass INFO lines
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        example = torch.zeros(2, 1, size, size)
-        # A copy: the export must not change the memory format of the model torch serves.
-        exportable = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format)
-        program = torch.onnx.export(
-            exportable.eval(),
-            (example,),
-            dynamo=True,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-            verbose=False,
-        )
-        assert program is not None, "torch.onnx.export returned no program"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(
-            program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        self.name = "onnxruntime-cpu"
+    def __init__(self, graph: bytes, name: str = "onnxruntime-cpu") -> None:
+        self.session = session(graph)
+        self.name = name
+
+    @classmethod
+    def export(cls, model: torch.nn.Module, size: int) -> OnnxRunner:
+        return cls(export_onnx(model, size))
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        logits = self.session.run(None, {"input": x.numpy()})[0]
+        logits = self.session.run([OUTPUT], {INPUT: x.numpy()})[0]
         return 1.0 / (1.0 + np.exp(-logits))
 
 
 def _onnx_runner(model: torch.nn.Module, size: int, reference: TorchRunner) -> OnnxRunner | None:
     """An ONNX runner that matches `reference`, or None (logged) when export or check fails."""
     try:
-        runner = OnnxRunner(model, size)
+        runner = OnnxRunner.export(model, size)
     except Exception as exc:  # export support varies by model; torch still serves
         log.warning("ONNX export failed (%s); serving with torch", exc)
         return None
@@ -95,6 +82,25 @@ def _onnx_runner(model: torch.nn.Module, size: int, reference: TorchRunner) -> O
         return None
     log.info("ONNX Runtime matches torch within %.1e", diff)
     return runner
+
+
+def _int8_runner(
+    graph: bytes | None, card: ModelCard, model_uri: str, backend: Backend
+) -> OnnxRunner | None:
+    """The int8 copy's runner when `backend` asks for it (or `auto` and it passed its check)."""
+    if backend not in ("auto", "int8"):
+        return None
+    check = card.serving.get("int8")
+    if graph is None or check is None:
+        if backend == "int8":
+            raise RuntimeError(f"backend 'int8' asked for, but {model_uri} has no int8 copy")
+        return None
+    if not card.int8_accepted:
+        if backend == "int8":
+            raise RuntimeError(f"{model_uri}'s int8 copy failed its check: {check.get('reason')}")
+        log.info("not serving the int8 copy: %s", check.get("reason"))
+        return None
+    return OnnxRunner(graph, name="onnxruntime-int8")
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,15 @@ def load_predictor(
     """Load `model_uri` (models:/NAME/VERSION, models:/NAME@alias, runs:/...) for serving."""
     started = time.perf_counter()
     dev = torch.device(device)
-    model, card = load_model(model_uri, device="cpu")
-    torch_runner = TorchRunner(model, dev)
+    loaded = load_artifact(model_uri)
+    card = loaded.card
+    torch_runner = TorchRunner(loaded.model, dev)
     runner: _Runner = torch_runner
-    if dev.type == "cpu" and backend != "torch":
-        onnx = _onnx_runner(model, card.input_spec.size, torch_runner)
+    int8 = _int8_runner(loaded.int8_onnx, card, model_uri, backend)
+    if dev.type == "cpu" and int8 is not None:
+        runner = int8
+    elif dev.type == "cpu" and backend != "torch":
+        onnx = _onnx_runner(loaded.model, card.input_spec.size, torch_runner)
         if onnx is not None:
             runner = onnx
         elif backend == "onnx":

@@ -10,13 +10,16 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from eldefect.card import ModelCard
+
+if TYPE_CHECKING:
+    from eldefect.artifact import LoadedModel
 from eldefect.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,9 @@ def configure_mlflow(settings: Settings | None = None, *, experiment: str | None
     return str(experiment_id)
 
 
-def log_model(model: Any, card: ModelCard) -> str:
-    """Log a torch model's weights and its card to the active run; returns the model's URI.
+def log_model(model: Any, card: ModelCard, *, int8_onnx: bytes | None = None) -> str:
+    """Log a torch model's weights, its card and its int8 serving copy (if any) to the active
+    run; returns the model's URI.
 
     Weights only (eldefect.artifact): a pickled module would run code wherever it is loaded.
     """
@@ -71,6 +75,7 @@ def log_model(model: Any, card: ModelCard) -> str:
         flavor_name=artifact.FLAVOR,
         model=model,
         card=card,
+        int8_onnx=int8_onnx,
         signature=infer_signature(example_in, example_out),
         # Recorded for people reading the run; nothing installs from them.
         tags={
@@ -105,7 +110,13 @@ def load_card(model_uri: str, tracking_uri: str | None = None) -> ModelCard:
 def load_model(
     model_uri: str, *, device: str = "cpu", tracking_uri: str | None = None
 ) -> tuple[Any, ModelCard]:
-    """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc.
+    """The torch module (eval mode) and its card, from runs:/, models:/NAME@alias, etc."""
+    loaded = load_artifact(model_uri, tracking_uri=tracking_uri)
+    return loaded.model.to(device).eval(), loaded.card
+
+
+def load_artifact(model_uri: str, *, tracking_uri: str | None = None) -> LoadedModel:
+    """Everything a model version holds: torch module (CPU, eval mode), card, int8 copy.
 
     Weights only: the artifact's tensors go into the architecture the card names
     (eldefect.artifact); anything else in it is refused with UnsafeModelError, never run.
@@ -119,8 +130,7 @@ def load_model(
     model_uri = _pin_alias(model_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="eldefect-model-") as tmp:
         folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        model, card = load_local(Path(folder), model_uri)
-    return model.to(device).eval(), card
+        return load_local(Path(folder), model_uri)
 
 
 def _pin_alias(uri: str, tracking_uri: str | None) -> str:

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         description="How long a batch that took every queued job waits for more to arrive. "
         "0: none; under load batches fill by themselves, since jobs queue while one runs.",
     )
-    inference_backend: Literal["auto", "onnx", "torch"] = "auto"
+    inference_backend: Literal["auto", "int8", "onnx", "torch"] = "auto"
     inference_device: Literal["cpu", "cuda"] = Field(
         "cpu", description="Where a worker runs the model; `eldefect worker --device` sets it."
     )

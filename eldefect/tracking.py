@@ -24,7 +24,9 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_dict(self, data: Any, path: str) -> None: ...
     def log_text(self, text: str, path: str) -> None: ...
-    def log_model(self, model: torch.nn.Module, card: ModelCard) -> str: ...
+    def log_model(
+        self, model: torch.nn.Module, card: ModelCard, *, int8_onnx: bytes | None = None
+    ) -> str: ...
 
 
 class MlflowTracker:
@@ -55,7 +57,9 @@ class MlflowTracker:
     def log_text(self, text: str, path: str) -> None:
         self.mlflow.log_text(text, path)
 
-    def log_model(self, model: torch.nn.Module, card: ModelCard) -> str:
+    def log_model(
+        self, model: torch.nn.Module, card: ModelCard, *, int8_onnx: bytes | None = None
+    ) -> str:
         from eldefect.registry import log_model
 
-        return log_model(model, card)
+        return log_model(model, card, int8_onnx=int8_onnx)

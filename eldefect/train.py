@@ -40,7 +40,8 @@ from eldefect.metrics import (
     tune_thresholds,
 )
 from eldefect.models import build_model
-from eldefect.preprocess import InputSpec
+from eldefect.preprocess import InputSpec, normalize
+from eldefect.quantize import Int8Check, int8_copy
 from eldefect.settings import Settings, get_settings
 from eldefect.stats import feature_profile
 from eldefect.tracking import MlflowTracker, Tracker
@@ -390,6 +391,14 @@ def train(
         tracker.log_dict({"labels": names}, "labels.json")
         profile = reference_profile(cache, train_idx, labels, final.probs, best_thresholds)
         tracker.log_dict(profile, "reference_profile.json")
+        cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
+        int8_graph, serving = None, {}
+        if config.serving.int8:
+            int8_graph, check = int8_for_serving(
+                cpu_model, cache, train_idx, val_idx, final, names, best_thresholds, config
+            )
+            serving = {"int8": check.to_dict()}
+            tracker.log_metrics({"int8_macro_ap": check.macro_ap_int8})
         card = ModelCard(
             labels=names,
             input={"size": config.input.size, "mean": config.input.mean, "std": config.input.std},
@@ -399,11 +408,42 @@ def train(
             profile=profile,
             config=config.model_dump(mode="json"),
             cv=cv.card_summary() if cv is not None else {},
+            serving=serving,
         )
-        cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
-        model_uri = tracker.log_model(cpu_model, card)
+        model_uri = tracker.log_model(cpu_model, card, int8_onnx=int8_graph)
     log.info("%s\n\nkept epoch %d; model %s", table, best_epoch, model_uri)
     return TrainOutcome(run_id, model_uri, card, summary, per_class, best_epoch, final, val_idx)
+
+
+def int8_for_serving(
+    model: nn.Module,
+    cache: ImageCache,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    final: EpochResult,
+    names: list[str],
+    thresholds: dict[str, float],
+    config: TrainConfig,
+) -> tuple[bytes, Int8Check]:
+    """The kept model quantized to int8 on training images, checked on the validation split."""
+    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
+    rng = np.random.default_rng(config.optim.seed)
+    picked = rng.choice(train_idx, min(len(train_idx), config.serving.calibration_images), False)
+
+    def inputs(rows: np.ndarray) -> np.ndarray:
+        return normalize(cache.images[rows].float(), spec).numpy()
+
+    return int8_copy(
+        model,
+        inputs(picked),
+        inputs(val_idx),  # the order final.probs was scored in (DataLoader without shuffle)
+        final.probs,
+        final.targets,
+        names,
+        thresholds,
+        max_ap_drop=config.serving.int8_max_ap_drop,
+        min_agreement=config.serving.int8_min_agreement,
+    )
 
 
 def _flat_params(config: TrainConfig) -> dict[str, str]:

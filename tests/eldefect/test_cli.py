@@ -75,11 +75,12 @@ def test_bench_limit_reports_each_runtime(tmp_path: Path) -> None:
     args = ["bench", "--only", "limit", "--quick", "--arch", "cnn", "--size", "64"]
     result = CliRunner().invoke(cli, [*args, "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for runtime in ("torch-cpu", "onnxruntime-cpu"):
+    runtimes = ("torch-cpu", "onnxruntime-cpu", "onnxruntime-int8")
+    for runtime in runtimes:
         assert runtime in result.output
     rows = json.loads((tmp_path / "bench.json").read_text())["limit"]
     assert {(r["runtime"], r["batch"]) for r in rows} == {
-        (runtime, batch) for runtime in ("torch-cpu", "onnxruntime-cpu") for batch in (1, 4)
+        (runtime, batch) for runtime in runtimes for batch in (1, 4)
     }
 
 

@@ -28,7 +28,11 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     for key in (*SECTIONS, "machine", "commit", "command"):
         assert report.get(key), f"{key} missing or empty in {sorted(report)}"
-    assert {r["runtime"] for r in report["limit"]} == {"torch-cpu", "onnxruntime-cpu"}
+    assert {r["runtime"] for r in report["limit"]} == {
+        "torch-cpu",
+        "onnxruntime-cpu",
+        "onnxruntime-int8",
+    }
     assert {r["stations"] for r in report["end_to_end"]} == {1, 4}
     assert {r["peer"] for r in report["peers"]} == {"sync_predict", "mlflow_serve"}
     assert {(r["workers"], r["images"]) for r in report["scaling"]} == {
