@@ -12,10 +12,14 @@ import signal
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from eldefect.settings import get_settings
+
+if TYPE_CHECKING:
+    from eldefect.predictor import Backend
 
 PLUGIN_GROUP = "eldefect.commands"
 
@@ -192,11 +196,22 @@ def _default_model_uri() -> str:
 @click.option(
     "--format", "data_format", type=click.Choice(["voc", "elpv"]), default="voc", show_default=True
 )
-def evaluate(model_uri: str | None, data: Path, data_format: str) -> None:
-    """Score a model on a labelled folder (recall, precision, F1, AP per class)."""
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "int8", "onnx", "torch"]),
+    default=None,
+    help="What computes the probabilities. Default: ELDEFECT_INFERENCE_BACKEND, as workers.",
+)
+def evaluate(model_uri: str | None, data: Path, data_format: str, backend: str | None) -> None:
+    """Score a model on a labelled folder (recall, precision, F1, AP per class), as served."""
     from eldefect.evaluate import evaluate_model
 
-    result = evaluate_model(model_uri or _default_model_uri(), data, data_format=data_format)
+    result = evaluate_model(
+        model_uri or _default_model_uri(),
+        data,
+        data_format=data_format,
+        backend=cast("Backend | None", backend),
+    )
     click.echo(result.report())
 
 

@@ -22,7 +22,7 @@ from eldefect.metrics import (
     macro,
     per_class_metrics,
 )
-from eldefect.predictor import Predictor, load_predictor
+from eldefect.predictor import Backend, Predictor, load_predictor
 from eldefect.registry import configure_mlflow
 from eldefect.settings import Settings, get_settings
 
@@ -37,6 +37,7 @@ class Evaluation:
     # Bootstrap intervals of the tuned table: how much this many images can tell.
     intervals: dict[str, dict[str, Interval]]
     calibration_error: dict[str, float]
+    runtime: str  # what computed the probabilities (eldefect.predictor backends)
 
     def metrics(self) -> dict[str, float]:
         out = {"n_images": float(self.n_images)}
@@ -57,7 +58,8 @@ class Evaluation:
             format_intervals(
                 self.tuned,
                 self.intervals,
-                f"{self.n_images} images, tuned thresholds, 95% bootstrap intervals",
+                f"{self.n_images} images ({self.runtime}), tuned thresholds, "
+                "95% bootstrap intervals",
             )
             + "\n\n"
             + format_table(self.at_half, "threshold 0.5")
@@ -86,11 +88,14 @@ def evaluate_model(
     *,
     data_format: str = "voc",
     settings: Settings | None = None,
+    backend: Backend | None = None,
     log_to_mlflow: bool = True,
 ) -> Evaluation:
+    """Scores as served: `backend` defaults to the one workers use (`inference_backend`),
+    so an int8 copy in service is what gets scored."""
     settings = settings or get_settings()
     configure_mlflow(settings)
-    predictor = load_predictor(model_uri, backend="torch")
+    predictor = load_predictor(model_uri, backend=backend or settings.inference_backend)
     labels = LabelSet("model", tuple(predictor.labels))
     if data_format == "elpv":
         samples, _ = read_elpv(data, labels)
@@ -110,10 +115,18 @@ def evaluate_model(
             name: expected_calibration_error(probs[:, i], targets[:, i])
             for i, name in enumerate(names)
         },
+        predictor.backend,
     )
     if log_to_mlflow:
         with mlflow.start_run(run_name="evaluate", tags={"eldefect_kind": "evaluate"}):
-            mlflow.log_params({"model_uri": model_uri, "data": str(data), "format": data_format})
+            mlflow.log_params(
+                {
+                    "model_uri": model_uri,
+                    "data": str(data),
+                    "format": data_format,
+                    "runtime": predictor.backend,
+                }
+            )
             mlflow.log_metrics(result.metrics())
             mlflow.log_text(result.report(), "metrics.txt")
     return result

@@ -60,6 +60,13 @@ def test_evaluate_prints_per_class_table(production_model: ModelStore) -> None:
     assert "tuned thresholds" in result.output and "threshold 0.5" in result.output
     assert "macro" in result.output
     assert "95% bootstrap intervals" in result.output and "calibration error" in result.output
+    # Scored as workers serve it (auto: the int8 copy if it passed its check), unless told.
+    assert "images (onnxruntime-" in result.output
+    forced = CliRunner().invoke(
+        cli, ["evaluate", "--data", str(production_model.images), "--backend", "torch"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "images (torch-cpu)" in forced.output
 
 
 def test_promote_prints_the_comparison(production_model: ModelStore) -> None:
