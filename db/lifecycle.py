@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.models import InputStats, Job, JobImage, JobStatus, Result
 
@@ -94,6 +94,9 @@ def claim_jobs(
 ) -> list[ClaimedJob]:
     """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
 
+    One statement: the UPDATE picks its rows by a subquery and returns each claimed job with
+    its image, so a claim is one round trip and the commit.
+
     PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent workers pick
     disjoint sets without waiting. SQLite: the conditional UPDATE (`status = 'queued'`)
     with RETURNING decides; a job another worker took in between is simply not returned.
@@ -101,53 +104,45 @@ def claim_jobs(
     if limit <= 0:
         return []
     now = now or utcnow()
+    queued = aliased(Job)  # the candidates' own FROM, never correlated with the UPDATE's
     candidates = (
-        select(Job.id)
-        .where(Job.status == JobStatus.queued)
-        .order_by(case((Job.id == prefer, 0), else_=1), Job.created_at)
+        select(queued.id)
+        .where(queued.status == JobStatus.queued)
+        .order_by(case((queued.id == prefer, 0), else_=1), queued.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # ignored on SQLite
     )
     skip = list(exclude)
     if skip:
-        candidates = candidates.where(Job.id.not_in(skip))
-    ids = list(session.scalars(candidates))
-    if not ids:
-        return []
+        candidates = candidates.where(queued.id.not_in(skip))
+    # Computed once: PostgreSQL may rescan a plain subquery for each row the UPDATE visits,
+    # and every rescan skips the rows this statement has already locked, taking the next.
+    picked = candidates.cte("picked").prefix_with("MATERIALIZED")
+    image = select(JobImage.data).where(JobImage.job_id == Job.id).scalar_subquery()
     claimed = session.execute(
         update(Job)
-        .where(Job.id.in_(ids), Job.status == JobStatus.queued)
+        .where(Job.id.in_(select(picked.c.id)), Job.status == JobStatus.queued)
         .values(
             status=JobStatus.running,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_s),
             attempts=Job.attempts + 1,
         )
-        .returning(Job.id, Job.created_at, Job.attempts)
+        .returning(Job.id, Job.created_at, Job.attempts, image)
         .execution_options(synchronize_session=False)
     ).all()
-    if not claimed:
-        return []
-    images: dict[str, bytes] = {
-        job_id: data
-        for job_id, data in session.execute(
-            select(JobImage.job_id, JobImage.data).where(
-                JobImage.job_id.in_([row.id for row in claimed])
-            )
-        )
-    }
-    order = {job_id: i for i, job_id in enumerate(ids)}
     jobs = [
         ClaimedJob(
-            id=row.id,
-            image=images.get(row.id, b""),
-            created_at=as_utc(row.created_at),
+            id=job_id,
+            image=data or b"",
+            created_at=as_utc(created_at),
             started_at=now,
-            attempts=row.attempts,
+            attempts=attempts,
         )
-        for row in claimed
+        for job_id, created_at, attempts, data in claimed
     ]
-    return sorted(jobs, key=lambda job: order[job.id])
+    # RETURNING has no order: the candidates' order again.
+    return sorted(jobs, key=lambda job: (job.id != prefer, job.created_at))
 
 
 def _finish(session: Session, job_id: str, values: dict[str, Any]) -> bool:

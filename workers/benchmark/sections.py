@@ -224,6 +224,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
+        self.database_url = ""
 
     def env(self, database_url: str) -> dict[str, str]:
         env = {
@@ -251,6 +252,7 @@ class Stack:
 
         self.root.mkdir(parents=True, exist_ok=True)
         with fresh_database(self.backend, self.root, self.ctx.options.get("postgres_url")) as url:
+            self.database_url = url
             with session_scope(url) as session:
                 station = crud.get_or_create_station(session=session, name="bench")
                 self.token = crud.create_token(session=session, station_id=station.id)
