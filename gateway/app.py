@@ -18,6 +18,7 @@ from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
 from gateway.routes import batches, drift, health, jobs, retrains, reviews
+from gateway.tokens import TokenCache
 from gateway.uploads import decode_slots
 from gateway.waiting import JobWatcher, listen_conninfo
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.enqueuer = enqueuer
     app.state.watcher = watcher
+    app.state.token_cache = TokenCache(settings.gateway_token_cache_s)
     app.state.decode_slots = decode_slots(settings)
     limits = {
         "/v1/jobs": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
