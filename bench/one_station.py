@@ -5,6 +5,11 @@ the synchronous peer (bench/peers/sync_predict.py) side by side, then alternates
 one-station loads on each, so that both see the same machine load; prints every round and
 the median of the per-round differences (ours - peer), the figure issue 9 targets.
 
+`--arch cnn` serves a tiny CNN instead of ResNet-18: the forward pass then costs a few ms on
+both sides, and the difference is the serving overhead alone (HTTP, database, broker), which
+the machine's other work moves much less than it moves a ResNet-18 forward pass.
+`--memory-stations N` ends with one load at N stations and reports the gateway's peak RSS.
+
     python bench/one_station.py --rounds 5 --seconds 10 \\
         --postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres \\
         --redis-url redis://127.0.0.1:6379/11
@@ -51,13 +56,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0, help="Per load, each side.")
+    parser.add_argument("--arch", choices=["cnn", "resnet18"], default="resnet18")
+    parser.add_argument("--memory-stations", type=int, default=0)
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--out", type=Path, default=None, help="Default: a temporary folder.")
     opts = parser.parse_args()
     out = (opts.out or Path(tempfile.mkdtemp(prefix="eldefect-one-station-"))).resolve()
     ctx, files = standalone_context(
-        out, seconds=opts.seconds, postgres_url=opts.postgres_url, redis_url=opts.redis_url
+        out,
+        seconds=opts.seconds,
+        postgres_url=opts.postgres_url,
+        redis_url=opts.redis_url,
+        arch=opts.arch,
     )
     backend = "postgres+redis" if opts.postgres_url else "embedded"
     rounds: list[dict[str, Any]] = []
@@ -77,9 +88,12 @@ def main() -> None:
                 f"{ours['p50_ms'] - theirs['p50_ms']:+.1f} ms, load {rounds[-1]['load']:.2f}",
                 flush=True,
             )
+        at_rest = stack.peak_rss()["gateway_mib"]
+        crowd = stack.load(files, opts.memory_stations) if opts.memory_stations else None
         memory = stack.peak_rss()
     summary = {
         "backend": backend,
+        "arch": opts.arch,
         "ours_p50_ms": statistics.median(r["ours"]["p50_ms"] for r in rounds),
         "peer_p50_ms": statistics.median(r["peer"]["p50_ms"] for r in rounds),
         "difference_ms": statistics.median(
@@ -91,7 +105,10 @@ def main() -> None:
         },
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "gateway_peak_rss_mib_one_station": at_rest,
+        "memory_stations": opts.memory_stations,
         "gateway_peak_rss_mib": memory["gateway_mib"],
+        "memory_load": crowd,
     }
     (out / "one_station.json").write_text(json.dumps({"summary": summary, "rounds": rounds}))
     print(json.dumps(summary))

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import Insert, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from db.models import InputStats, Job, JobImage, JobStatus, Result
@@ -198,21 +199,20 @@ def record_results(
     Idempotent: a job that is no longer queued/running (it already has its result, or it
     failed) is skipped, and the job rows' conditional UPDATE comes first, so it is also the
     lock that keeps two concurrent writers from both adding a result (the result's primary
-    key is the job id as a last line of defence). A whole batch costs a fixed number of
-    statements (one UPDATE, two SELECTs, two multi-row INSERTs), not a few per job.
+    key is the job id as a last line of defence). A row that is there already (a result
+    edited in by hand, statistics left by an old version) is kept, not overwritten. A whole
+    batch costs a fixed number of statements (one UPDATE, two multi-row INSERTs and the
+    notification), not a few per job.
     """
     now = now or utcnow()
     values = {"status": JobStatus.succeeded, "finished_at": now}
     closed = _finish_many(session, [o.job_id for o in outcomes], values | _NO_ERROR)
-    if not closed:
+    written = [o for o in outcomes if o.job_id in closed]
+    if not written:
         return []
-    # Rows that cannot exist unless hand-edited (results) or left by an old version (stats).
-    has_result = set(session.scalars(select(Result.job_id).where(Result.job_id.in_(closed))))
-    has_stats = set(session.scalars(select(InputStats.job_id).where(InputStats.job_id.in_(closed))))
-    written = [o for o in outcomes if o.job_id in closed and o.job_id not in has_result]
-    if written:
-        session.execute(
-            insert(Result),
+    inserted = set(
+        session.scalars(
+            _insert_new(session, Result).returning(Result.job_id),
             [
                 {
                     "job_id": o.job_id,
@@ -228,19 +228,30 @@ def record_results(
                 for o in written
             ],
         )
-    stats_rows = [
-        # Every statistic the table has a column for; db knows no feature list.
-        {"job_id": o.job_id, "created_at": now}
-        | {k: float(v) for k, v in o.stats.items() if k in InputStats.__table__.columns}
-        for o in written
-        if o.job_id not in has_stats
-    ]
-    if stats_rows:
-        session.execute(insert(InputStats), stats_rows)
+    )
+    written = [o for o in written if o.job_id in inserted]
+    if written:
+        session.execute(
+            _insert_new(session, InputStats),
+            [
+                # Every statistic the table has a column for; db knows no feature list.
+                {"job_id": o.job_id, "created_at": now}
+                | {k: float(v) for k, v in o.stats.items() if k in InputStats.__table__.columns}
+                for o in written
+            ],
+        )
     ids = [o.job_id for o in written]
     _notify_ended(session, ids)
     session.flush()
     return ids
+
+
+def _insert_new(session: Session, model: type[Result] | type[InputStats]) -> Insert:
+    """INSERT that skips rows whose job already has one (ON CONFLICT (job_id) DO NOTHING),
+    in the dialect's own construct (PostgreSQL and SQLite spell it alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing(index_elements=["job_id"])
+    return sqlite.insert(model).on_conflict_do_nothing(index_elements=["job_id"])
 
 
 def fail_jobs(

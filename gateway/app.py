@@ -33,7 +33,7 @@ Every error answers `{"error": {"code": "<snake_case>", "message": "..."}}`."""
 
 
 def _warm_up() -> None:
-    for module in ("celery", "eldefect.imaging"):
+    for module in ("celery", "eldefect.image_check"):
         importlib.import_module(module)
 
 

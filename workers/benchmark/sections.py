@@ -155,10 +155,11 @@ def standalone_context(
     postgres_url: str | None,
     redis_url: str | None,
     kind: str = "strip",
+    arch: str = "resnet18",
 ) -> tuple[BenchContext, Path]:
     """For the scripts under bench/ that run one stack outside `eldefect bench`: an untrained
-    ResNet-18 registered in a fresh MLflow store under `out`, synthetic images of `kind`
-    written as files; points bounded by `seconds`. Returns the context and the files."""
+    `arch` (224 px) registered in a fresh MLflow store under `out`, synthetic images of
+    `kind` written as files; points bounded by `seconds`. Returns the context and the files."""
     from eldefect.bench import BenchPlan, register_untrained, synthetic_images
     from eldefect.labels import load_label_set
     from eldefect.settings import get_settings
@@ -169,7 +170,7 @@ def standalone_context(
     get_settings.cache_clear()
     name, alias = get_settings().model_name, get_settings().model_alias
     labels = load_label_set("pv_multi_defect").labels
-    register_untrained(arch="resnet18", size=224, labels=labels, name=name, alias=alias)
+    register_untrained(arch=arch, size=224, labels=labels, name=name, alias=alias)
     images = {"strip": synthetic_images(kind, 16)}
     ctx = BenchContext(
         plan=BenchPlan(jobs_per_point=100_000, seconds_per_point=seconds),
