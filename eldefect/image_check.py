@@ -124,8 +124,13 @@ def load_image(
         raise corrupt(exc) from None
 
 
-def check_finite(pixels: np.ndarray) -> None:
-    if not np.isfinite(pixels).all():  # float TIFFs can carry NaN or Inf
+def check_finite(pixels: np.ndarray | Image.Image) -> None:
+    """Refuse NaN or Inf pixels (float TIFFs can carry them).
+
+    numpy is imported here, not at the top: the gateway only gets here with a float TIFF."""
+    import numpy as np
+
+    if not np.isfinite(np.asarray(pixels)).all():
         raise ImageDecodeError("invalid_image", "the image has pixels that are not finite numbers")
 
 
@@ -143,12 +148,10 @@ def verify_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     mode), whatever scale a JPEG was checked at.
     """
     img, fmt = load_image(data, max_pixels, min_side=_VERIFY_JPEG_SIDE)
-    header = open_image(data, max_pixels)  # sizes as stored; its EXIF parsed in _load already
+    header = open_image(data, max_pixels)  # sizes as stored; its EXIF parsed in load_image already
     # EXIF orientations 5..8 turn the image a quarter: its upright sides swap.
     quarter_turn = header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     width, height = header.size[::-1] if quarter_turn else header.size
-    if img.mode == "F":  # float TIFFs alone need the pixel values: numpy only for them
-        import numpy as np
-
-        check_finite(np.asarray(img))
+    if img.mode == "F":  # float TIFFs alone need the pixel values checked
+        check_finite(img)
     return ImageInfo(format=fmt, width=width, height=height, mode=header.mode)
