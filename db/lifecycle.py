@@ -96,7 +96,8 @@ def claim_jobs(
     """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
 
     One statement: the UPDATE picks its rows by a subquery and returns each claimed job with
-    its image, so a claim is one round trip and the commit.
+    its image. In an autocommit session (as the worker claims) that is the whole claim: one
+    round trip, committed as it returns.
 
     PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent workers pick
     disjoint sets without waiting. SQLite: the conditional UPDATE (`status = 'queued'`)

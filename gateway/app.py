@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from db.session import get_sessionmaker
+from db.session import get_autocommit_sessionmaker
 from eldefect.settings import Settings, get_settings, redact_url
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     enqueuer = Enqueuer(settings)
     watcher = JobWatcher(
-        lambda: get_sessionmaker(settings.database_url)(),
+        lambda: get_autocommit_sessionmaker(settings.database_url)(),
         interval_s=settings.gateway_wait_poll_s,
         listen=listen_conninfo(settings.database_url),
     )

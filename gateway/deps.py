@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.jobs import caller_for_token, get_or_create_station
 from db.models import TokenRole
-from db.session import get_sessionmaker
+from db.session import get_autocommit_sessionmaker, get_sessionmaker
 from eldefect.settings import Settings
 from gateway.enqueue import Enqueuer
 from gateway.errors import ApiError
@@ -77,12 +77,16 @@ class Caller:
         return None if self.is_operator else self.station.id
 
 
-def _lookup_caller(database_url: str, token: str | None) -> Caller | None:
-    """The token's caller from the database (token None: auth is off, "anonymous")."""
+def _anonymous_caller(database_url: str) -> Caller:
+    """Auth is off: the "anonymous" station, created when missing, with every right."""
     with get_sessionmaker(database_url)() as session:
-        if token is None:
-            station = get_or_create_station(session=session, name=ANONYMOUS_STATION)
-            return Caller(StationRef(station.id, station.name), OPERATOR)
+        station = get_or_create_station(session=session, name=ANONYMOUS_STATION)
+        return Caller(StationRef(station.id, station.name), OPERATOR)
+
+
+def _lookup_caller(database_url: str, token: str) -> Caller | None:
+    """The token's caller from the database (one read: an autocommit session)."""
+    with get_autocommit_sessionmaker(database_url)() as session:
         found = caller_for_token(session=session, token=token)
         if found is None:
             return None
@@ -105,9 +109,7 @@ async def get_caller(
     A token checked less than `gateway_token_cache_s` ago is taken from the cache without a
     query (gateway/tokens.py: a revocation reaches this process within that time)."""
     if not settings.auth_enabled:
-        anonymous = await run_in_threadpool(_lookup_caller, settings.database_url, None)
-        assert anonymous is not None, "the anonymous station is created when missing"
-        return anonymous
+        return await run_in_threadpool(_anonymous_caller, settings.database_url)
     if credentials is None or not credentials.credentials:
         raise _unauthorized(
             "missing bearer token: send 'Authorization: Bearer <station token>'",

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from db import jobs as crud
 from db.models import JobStatus
-from db.session import get_sessionmaker
+from db.session import get_autocommit_sessionmaker
 from eldefect.settings import Settings
 from gateway.deps import (
     CallerDep,
@@ -145,14 +145,15 @@ async def submit_job(
     return job
 
 
+# Reads are single statements: autocommit sessions spare BEGIN and ROLLBACK round trips.
 def _read_job(database_url: str, job_id: str, station_id: str | None) -> JobPublic | None:
-    with get_sessionmaker(database_url)() as session:
+    with get_autocommit_sessionmaker(database_url)() as session:
         job = crud.get_job_for_station(session=session, job_id=job_id, station_id=station_id)
         return None if job is None else JobPublic.from_job(job)
 
 
 def _read_status(database_url: str, job_id: str, station_id: str | None) -> JobStatus | None:
-    with get_sessionmaker(database_url)() as session:
+    with get_autocommit_sessionmaker(database_url)() as session:
         return crud.job_status_for_station(session=session, job_id=job_id, station_id=station_id)
 
 
