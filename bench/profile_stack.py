@@ -15,17 +15,13 @@ Needs py-spy (pip install py-spy) and the right to ptrace children (root or ptra
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from eldefect.bench import BenchContext, BenchPlan, register_untrained, synthetic_images
-from eldefect.labels import load_label_set
-from eldefect.settings import get_settings
-from workers.benchmark.sections import Stack, write_files
+from workers.benchmark.sections import Stack, standalone_context
 
 
 def top_frames(collapsed: Path, n: int) -> list[tuple[str, float]]:
@@ -48,26 +44,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Default: a temporary folder.")
     opts = parser.parse_args()
     out = (opts.out or Path(tempfile.mkdtemp(prefix="eldefect-profile-"))).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ["ELDEFECT_VAR_DIR"] = str(out)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
-    get_settings.cache_clear()
-    name, alias = get_settings().model_name, get_settings().model_alias
-    labels = load_label_set("pv_multi_defect").labels
-    register_untrained(arch="resnet18", size=224, labels=labels, name=name, alias=alias)
-    plan = BenchPlan(jobs_per_point=100_000, seconds_per_point=opts.seconds)
-    images = {"strip": synthetic_images(opts.images, 16)}
-    ctx = BenchContext(
-        plan=plan,
-        model_name=name,
-        model_uri=f"models:/{name}@{alias}",
-        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
-        images=images,
-        workdir=out,
-        echo=print,
-        options={"postgres_url": opts.postgres_url, "redis_url": opts.redis_url},
+    ctx, files = standalone_context(
+        out,
+        seconds=opts.seconds,
+        postgres_url=opts.postgres_url,
+        redis_url=opts.redis_url,
+        kind=opts.images,
     )
-    files = write_files(out / "files" / "strip", images["strip"], ".img")
     backend = "postgres+redis" if opts.postgres_url else "embedded"
     stack = Stack(ctx, backend=backend, root=out / backend, workers=1)
     with stack.running():

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import (
@@ -327,16 +327,27 @@ def create_batch(
 
 
 def get_job_for_station(*, session: Session, job_id: str, station_id: str | None) -> Job | None:
-    """The job with its result, or None when it does not exist or belongs to another station.
+    """The job with its result and reviews (one query), or None when it does not exist or
+    belongs to another station.
 
     `station_id=None` reads any station's job (operators).
     """
     query = (
         select(Job)
         .where(Job.id == job_id)
-        .options(selectinload(Job.result), selectinload(Job.reviews))
+        .options(joinedload(Job.result), joinedload(Job.reviews))
         .execution_options(populate_existing=True)
     )
+    if station_id is not None:
+        query = query.where(Job.station_id == station_id)
+    return session.scalars(query).unique().one_or_none()
+
+
+def job_status_for_station(
+    *, session: Session, job_id: str, station_id: str | None
+) -> JobStatus | None:
+    """The job's status alone (a long-poll's first look), None as for `get_job_for_station`."""
+    query = select(Job.status).where(Job.id == job_id)
     if station_id is not None:
         query = query.where(Job.station_id == station_id)
     return session.scalars(query).one_or_none()

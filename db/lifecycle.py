@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Insert, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, aliased
 
 from db.models import InputStats, Job, JobImage, JobStatus, Result
 
@@ -94,6 +95,10 @@ def claim_jobs(
 ) -> list[ClaimedJob]:
     """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
 
+    One statement: the UPDATE picks its rows by a subquery and returns each claimed job with
+    its image. In an autocommit session (as the worker claims) that is the whole claim: one
+    round trip, committed as it returns.
+
     PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent workers pick
     disjoint sets without waiting. SQLite: the conditional UPDATE (`status = 'queued'`)
     with RETURNING decides; a job another worker took in between is simply not returned.
@@ -101,53 +106,45 @@ def claim_jobs(
     if limit <= 0:
         return []
     now = now or utcnow()
+    queued = aliased(Job)  # the candidates' own FROM, never correlated with the UPDATE's
     candidates = (
-        select(Job.id)
-        .where(Job.status == JobStatus.queued)
-        .order_by(case((Job.id == prefer, 0), else_=1), Job.created_at)
+        select(queued.id)
+        .where(queued.status == JobStatus.queued)
+        .order_by(case((queued.id == prefer, 0), else_=1), queued.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # ignored on SQLite
     )
     skip = list(exclude)
     if skip:
-        candidates = candidates.where(Job.id.not_in(skip))
-    ids = list(session.scalars(candidates))
-    if not ids:
-        return []
+        candidates = candidates.where(queued.id.not_in(skip))
+    # Computed once: PostgreSQL may rescan a plain subquery for each row the UPDATE visits,
+    # and every rescan skips the rows this statement has already locked, taking the next.
+    picked = candidates.cte("picked").prefix_with("MATERIALIZED")
+    image = select(JobImage.data).where(JobImage.job_id == Job.id).scalar_subquery()
     claimed = session.execute(
         update(Job)
-        .where(Job.id.in_(ids), Job.status == JobStatus.queued)
+        .where(Job.id.in_(select(picked.c.id)), Job.status == JobStatus.queued)
         .values(
             status=JobStatus.running,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_s),
             attempts=Job.attempts + 1,
         )
-        .returning(Job.id, Job.created_at, Job.attempts)
+        .returning(Job.id, Job.created_at, Job.attempts, image)
         .execution_options(synchronize_session=False)
     ).all()
-    if not claimed:
-        return []
-    images: dict[str, bytes] = {
-        job_id: data
-        for job_id, data in session.execute(
-            select(JobImage.job_id, JobImage.data).where(
-                JobImage.job_id.in_([row.id for row in claimed])
-            )
-        )
-    }
-    order = {job_id: i for i, job_id in enumerate(ids)}
     jobs = [
         ClaimedJob(
-            id=row.id,
-            image=images.get(row.id, b""),
-            created_at=as_utc(row.created_at),
+            id=job_id,
+            image=data or b"",
+            created_at=as_utc(created_at),
             started_at=now,
-            attempts=row.attempts,
+            attempts=attempts,
         )
-        for row in claimed
+        for job_id, created_at, attempts, data in claimed
     ]
-    return sorted(jobs, key=lambda job: order[job.id])
+    # RETURNING has no order: the candidates' order again.
+    return sorted(jobs, key=lambda job: (job.id != prefer, job.created_at))
 
 
 def _finish(session: Session, job_id: str, values: dict[str, Any]) -> bool:
@@ -203,21 +200,20 @@ def record_results(
     Idempotent: a job that is no longer queued/running (it already has its result, or it
     failed) is skipped, and the job rows' conditional UPDATE comes first, so it is also the
     lock that keeps two concurrent writers from both adding a result (the result's primary
-    key is the job id as a last line of defence). A whole batch costs a fixed number of
-    statements (one UPDATE, two SELECTs, two multi-row INSERTs), not a few per job.
+    key is the job id as a last line of defence). A row that is there already (a result
+    edited in by hand, statistics left by an old version) is kept, not overwritten. A whole
+    batch costs a fixed number of statements (one UPDATE, two multi-row INSERTs and the
+    notification), not a few per job.
     """
     now = now or utcnow()
     values = {"status": JobStatus.succeeded, "finished_at": now}
     closed = _finish_many(session, [o.job_id for o in outcomes], values | _NO_ERROR)
-    if not closed:
+    written = [o for o in outcomes if o.job_id in closed]
+    if not written:
         return []
-    # Rows that cannot exist unless hand-edited (results) or left by an old version (stats).
-    has_result = set(session.scalars(select(Result.job_id).where(Result.job_id.in_(closed))))
-    has_stats = set(session.scalars(select(InputStats.job_id).where(InputStats.job_id.in_(closed))))
-    written = [o for o in outcomes if o.job_id in closed and o.job_id not in has_result]
-    if written:
-        session.execute(
-            insert(Result),
+    inserted = set(
+        session.scalars(
+            _insert_new(session, Result).returning(Result.job_id),
             [
                 {
                     "job_id": o.job_id,
@@ -233,19 +229,30 @@ def record_results(
                 for o in written
             ],
         )
-    stats_rows = [
-        # Every statistic the table has a column for; db knows no feature list.
-        {"job_id": o.job_id, "created_at": now}
-        | {k: float(v) for k, v in o.stats.items() if k in InputStats.__table__.columns}
-        for o in written
-        if o.job_id not in has_stats
-    ]
-    if stats_rows:
-        session.execute(insert(InputStats), stats_rows)
+    )
+    written = [o for o in written if o.job_id in inserted]
+    if written:
+        session.execute(
+            _insert_new(session, InputStats),
+            [
+                # Every statistic the table has a column for; db knows no feature list.
+                {"job_id": o.job_id, "created_at": now}
+                | {k: float(v) for k, v in o.stats.items() if k in InputStats.__table__.columns}
+                for o in written
+            ],
+        )
     ids = [o.job_id for o in written]
     _notify_ended(session, ids)
     session.flush()
     return ids
+
+
+def _insert_new(session: Session, model: type[Result] | type[InputStats]) -> Insert:
+    """INSERT that skips rows whose job already has one (ON CONFLICT (job_id) DO NOTHING),
+    in the dialect's own construct (PostgreSQL and SQLite spell it alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model).on_conflict_do_nothing(index_elements=["job_id"])
+    return sqlite.insert(model).on_conflict_do_nothing(index_elements=["job_id"])
 
 
 def fail_jobs(

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     gateway_wait_poll_s: float = Field(
         0.1, gt=0, description="How often the gateway's one poller checks jobs held by ?wait."
     )
+    gateway_token_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a gateway process reuses a token it found valid (a revoked "
+        "token is refused at the latest this long after); 0 checks every request.",
+    )
     gateway_migrate: bool | None = Field(
         None,
         description="`eldefect gateway` applies migrations at start; default: only on SQLite.",

@@ -12,12 +12,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from db.session import get_sessionmaker
+from db.session import get_autocommit_sessionmaker
 from eldefect.settings import Settings, get_settings, redact_url
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
 from gateway.routes import batches, drift, health, jobs, retrains, reviews
+from gateway.tokens import TokenCache
 from gateway.uploads import decode_slots
 from gateway.waiting import JobWatcher, listen_conninfo
 
@@ -32,7 +33,7 @@ Every error answers `{"error": {"code": "<snake_case>", "message": "..."}}`."""
 
 
 def _warm_up() -> None:
-    for module in ("celery", "eldefect.imaging"):
+    for module in ("celery", "eldefect.image_check"):
         importlib.import_module(module)
 
 
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     enqueuer = Enqueuer(settings)
     watcher = JobWatcher(
-        lambda: get_sessionmaker(settings.database_url)(),
+        lambda: get_autocommit_sessionmaker(settings.database_url)(),
         interval_s=settings.gateway_wait_poll_s,
         listen=listen_conninfo(settings.database_url),
     )
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.enqueuer = enqueuer
     app.state.watcher = watcher
+    app.state.token_cache = TokenCache(settings.gateway_token_cache_s)
     app.state.decode_slots = decode_slots(settings)
     limits = {
         "/v1/jobs": settings.max_upload_bytes + FORM_OVERHEAD_BYTES,

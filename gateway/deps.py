@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from db.jobs import caller_for_token, get_or_create_station
-from db.models import Station, TokenRole
-from db.session import get_sessionmaker
+from db.models import TokenRole
+from db.session import get_autocommit_sessionmaker, get_sessionmaker
 from eldefect.settings import Settings
 from gateway.enqueue import Enqueuer
 from gateway.errors import ApiError
+from gateway.tokens import TokenCache
 from gateway.waiting import JobWatcher
 
 ANONYMOUS_STATION = "anonymous"
@@ -51,10 +53,18 @@ def _unauthorized(message: str, error: str) -> ApiError:
 
 
 @dataclass(frozen=True)
+class StationRef:
+    """The calling station as routes use it: a plain value, safe to keep between requests."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Caller:
     """Who is calling: the token's station and the token's role."""
 
-    station: Station
+    station: StationRef
     role: TokenRole
 
     @property
@@ -67,31 +77,61 @@ class Caller:
         return None if self.is_operator else self.station.id
 
 
-def get_caller(
-    session: SessionDep,
+def _anonymous_caller(database_url: str) -> Caller:
+    """Auth is off: the "anonymous" station, created when missing, with every right."""
+    with get_sessionmaker(database_url)() as session:
+        station = get_or_create_station(session=session, name=ANONYMOUS_STATION)
+        return Caller(StationRef(station.id, station.name), OPERATOR)
+
+
+def _lookup_caller(database_url: str, token: str) -> Caller | None:
+    """The token's caller from the database (one read: an autocommit session)."""
+    with get_autocommit_sessionmaker(database_url)() as session:
+        found = caller_for_token(session=session, token=token)
+        if found is None:
+            return None
+        station, role = found
+        return Caller(StationRef(station.id, station.name), role)
+
+
+def get_token_cache(request: Request) -> TokenCache[Caller]:
+    cache: TokenCache[Caller] = request.app.state.token_cache
+    return cache
+
+
+async def get_caller(
     settings: SettingsDep,
+    cache: Annotated[TokenCache[Caller], Depends(get_token_cache)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The caller behind the bearer token ("anonymous" operator when auth is switched off)."""
+    """The caller behind the bearer token ("anonymous" operator when auth is switched off).
+
+    A token checked less than `gateway_token_cache_s` ago is taken from the cache without a
+    query (gateway/tokens.py: a revocation reaches this process within that time)."""
     if not settings.auth_enabled:
-        return Caller(get_or_create_station(session=session, name=ANONYMOUS_STATION), OPERATOR)
+        return await run_in_threadpool(_anonymous_caller, settings.database_url)
     if credentials is None or not credentials.credentials:
         raise _unauthorized(
             "missing bearer token: send 'Authorization: Bearer <station token>'",
             "invalid_request",
         )
-    found = caller_for_token(session=session, token=credentials.credentials)
-    # End the read transaction: a long-poll must not hold a pooled connection while it waits.
-    session.commit()
-    if found is None:
-        raise _unauthorized("the bearer token is not valid (unknown or revoked)", "invalid_token")
-    return Caller(*found)
+    token = credentials.credentials
+    caller = cache.get(token)
+    if caller is None:
+        # Its own short session: a long-poll must not hold a pooled connection while it waits.
+        caller = await run_in_threadpool(_lookup_caller, settings.database_url, token)
+        if caller is None:
+            raise _unauthorized(
+                "the bearer token is not valid (unknown or revoked)", "invalid_token"
+            )
+        cache.put(token, caller)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def get_current_station(caller: CallerDep) -> Station:
+def get_current_station(caller: CallerDep) -> StationRef:
     """The station the bearer token belongs to (or "anonymous" when auth is switched off)."""
     return caller.station
 
@@ -108,7 +148,7 @@ def require_operator(caller: CallerDep) -> Caller:
     return caller
 
 
-CurrentStation = Annotated[Station, Depends(get_current_station)]
+CurrentStation = Annotated[StationRef, Depends(get_current_station)]
 OperatorDep = Annotated[Caller, Depends(require_operator)]
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from db.models import Job, JobStatus, RetrainTrigger, Review
-from monitoring.reports import ReportView
+
+if TYPE_CHECKING:
+    from monitoring.reports import ReportView  # numpy: imported where reports are read
 
 
 def iso_utc(value: datetime) -> str:

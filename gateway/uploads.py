@@ -1,12 +1,13 @@
 """Upload validation: every check runs before a job exists, so a refused file makes no job.
 
-The bytes decide, never the declared content type: `eldefect.imaging.verify_image` sniffs
+The bytes decide, never the declared content type: `eldefect.image_check.verify_image` sniffs
 the header (format, pixel count) and then fully decodes the pixels with the decoders the
 worker uses, so a truncated file is refused here.
 Files arrive spooled (gateway.forms) and are read one at a time: a batch is validated file by
 file, then stored file by file in one transaction, so at most one file's bytes (and one
 decode per slot) are in memory at once, whatever the batch's size.
-`eldefect.imaging` (numpy, Pillow) is imported on the first upload, not when the app starts.
+`eldefect.image_check` (Pillow; never numpy unless a float TIFF arrives) is imported on the
+first upload or by the app's warm-up thread, not on the way to serving the first request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from eldefect.settings import Settings
 from gateway.errors import ApiError
 
 if TYPE_CHECKING:
-    from eldefect.imaging import ImageInfo
+    from eldefect.image_check import ImageInfo
 
 # ImageDecodeError.code -> HTTP status.
 _STATUS = {
@@ -83,7 +84,7 @@ def validate_image(
     data: bytes, *, max_pixels: int, slots: threading.BoundedSemaphore, label: str | None = None
 ) -> ImageInfo:
     """Check the bytes are one intact, supported image within the pixel limit."""
-    from eldefect.imaging import ImageDecodeError, verify_image
+    from eldefect.image_check import ImageDecodeError, verify_image
 
     try:
         with slots:

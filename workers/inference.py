@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy.exc import OperationalError
 
 from db import lifecycle
-from db.session import session_scope
+from db.session import get_autocommit_sessionmaker, session_scope
 from db.task_runs import record_task_run
 from db.workers import QueueCounts, WorkerSeen, live_workers
 from eldefect.broker import INFERENCE_QUEUES, route_inference
@@ -60,7 +60,10 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
     """Claim a batch: what is queued now, then more for up to batch_wait_ms if not full."""
     url, size = settings.database_url, settings.batch_size
     lease = settings.running_timeout_s
-    with session_scope(url) as session:
+    # A claim is one statement: in an autocommit session it is one round trip, and the
+    # claimed rows are committed as it returns.
+    claiming = get_autocommit_sessionmaker(url)
+    with claiming() as session:
         jobs = lifecycle.claim_jobs(session=session, limit=size, lease_s=lease, prefer=prefer)
     if not jobs:
         return jobs
@@ -68,7 +71,7 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
     while len(jobs) < size and (remaining := deadline - time.monotonic()) > 0:
         time.sleep(min(_POLL_S, remaining))
         try:
-            with session_scope(url) as session:
+            with claiming() as session:
                 jobs += lifecycle.claim_jobs(session=session, limit=size - len(jobs), lease_s=lease)
         except OperationalError:  # the database went away: go on with (and answer for) these
             log.warning("database lost while filling a batch; going on with %d jobs", len(jobs))

@@ -196,26 +196,35 @@ class ModelCache:
         self.start()
 
     def check_now(self) -> bool:
-        """Resolve the alias and swap if it moved; True when a new version went into service."""
-        current = self._current
-        try:
-            version = self._resolve_or_raise()
-        except ModelUnavailableError:  # the registry briefly down must not stop serving
-            log.warning("%s; keeping the current one", self._error)
-            return False
-        if current is not None and str(current.version) == str(version):
-            return False
-        if self._backing_off(version) is not None:
-            return False
-        log.info(
-            "%s moved to version %s; loading it beside the one in service", self._label, version
-        )
-        started = time.monotonic()
-        try:
-            fresh = self._load_or_raise(version)
-        except ModelUnavailableError:  # a broken new version must not take down the one serving
-            return False
+        """Resolve the alias and swap if it moved; True when a new version went into service.
+
+        Holds the first-load lock throughout, so it never loads beside a first load still
+        running in `get()` (a first load on a busy machine outlasts the check interval): two
+        loads at once cost twice the CPU, and their ONNX exports, which patch torch globally
+        while they trace, break each other and leave the worker serving eager torch.
+        `get()` never waits for it once a model serves.
+        """
         with self._first_load:
+            current = self._current
+            try:
+                version = self._resolve_or_raise()
+            except ModelUnavailableError:  # the registry briefly down must not stop serving
+                log.warning("%s; keeping the current one", self._error)
+                return False
+            if current is not None and str(current.version) == str(version):
+                return False
+            if self._backing_off(version) is not None:
+                return False
+            log.info(
+                "%s moved to version %s; loading it beside the one in service",
+                self._label,
+                version,
+            )
+            started = time.monotonic()
+            try:
+                fresh = self._load_or_raise(version)
+            except ModelUnavailableError:  # a broken new version must not take down the one serving
+                return False
             self._current = fresh
             self.swaps += 1
         metrics.record_model_in_service(name=fresh.name, version=version)

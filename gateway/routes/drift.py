@@ -8,7 +8,6 @@ from fastapi import APIRouter, Query
 
 from gateway.deps import OperatorDep, SessionDep
 from gateway.schemas import DriftReportList, DriftReportPublic, error_responses
-from monitoring.reports import latest_reports
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 
@@ -21,5 +20,9 @@ def list_drift_reports(
 ) -> DriftReportList:
     """The latest drift reports of the served model, newest first, with their measures
     (the same query as `eldefect drift report`)."""
+    # Here, not at the top: monitoring.reports brings numpy (~16 MiB), which no request
+    # but this one needs.
+    from monitoring.reports import latest_reports
+
     reports = latest_reports(session=session, limit=limit)
     return DriftReportList(reports=[DriftReportPublic.from_report(r) for r in reports])

@@ -10,7 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
-from db.session import get_sessionmaker
+from db.models import JobStatus
+from db.session import get_autocommit_sessionmaker
 from eldefect.settings import Settings
 from gateway.deps import (
     CallerDep,
@@ -32,6 +33,7 @@ from gateway.uploads import FilePart, UploadRefused, receive_upload
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 MAX_WAIT_S = 30.0
+ENDED = (JobStatus.succeeded, JobStatus.failed)
 # module_id, cell_id and a few stray text fields; anything more is not a job's form.
 _MAX_FIELDS = 16
 
@@ -143,10 +145,16 @@ async def submit_job(
     return job
 
 
+# Reads are single statements: autocommit sessions spare BEGIN and ROLLBACK round trips.
 def _read_job(database_url: str, job_id: str, station_id: str | None) -> JobPublic | None:
-    with get_sessionmaker(database_url)() as session:
+    with get_autocommit_sessionmaker(database_url)() as session:
         job = crud.get_job_for_station(session=session, job_id=job_id, station_id=station_id)
         return None if job is None else JobPublic.from_job(job)
+
+
+def _read_status(database_url: str, job_id: str, station_id: str | None) -> JobStatus | None:
+    with get_autocommit_sessionmaker(database_url)() as session:
+        return crud.job_status_for_station(session=session, job_id=job_id, station_id=station_id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=error_responses(401, 404, 422))
@@ -166,13 +174,16 @@ async def read_job(
     ] = 0,
 ) -> JobPublic:
     """Read a job (operators: any station's); with `wait`, answer as soon as it ends."""
-    station_id = caller.scope
-    job = await run_in_threadpool(_read_job, settings.database_url, job_id, station_id)
-    if job is None:
-        raise job_not_found(job_id)
-    if wait > 0 and job.status not in ("succeeded", "failed"):
-        await watcher.wait(job_id, wait)
-        job = await run_in_threadpool(_read_job, settings.database_url, job_id, station_id)
-        if job is None:  # deleted while we waited
+    station_id, url = caller.scope, settings.database_url
+    if wait > 0:
+        # A station asks right after its upload, before the job ends: look at the status
+        # alone, and read the whole job once, when it has ended or the wait is over.
+        status = await run_in_threadpool(_read_status, url, job_id, station_id)
+        if status is None:
             raise job_not_found(job_id)
+        if status not in ENDED:
+            await watcher.wait(job_id, wait)
+    job = await run_in_threadpool(_read_job, url, job_id, station_id)
+    if job is None:  # no such job for this caller (or deleted while we waited)
+        raise job_not_found(job_id)
     return job

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -166,10 +167,43 @@ def test_importing_the_gateway_leaves_torch_mlflow_and_workers_out() -> None:
     code = (
         "import sys, gateway.app\n"
         "heavy = [m for m in ('torch', 'torchvision', 'mlflow', 'workers', 'eldefect.models',"
-        " 'eldefect.train', 'eldefect.predictor') if m in sys.modules]\n"
+        " 'eldefect.train', 'eldefect.predictor', 'numpy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_uploads_leave_numpy_out_of_the_gateway(settings_env: Path) -> None:
+    """The upload check needs Pillow only: numpy (~16 MiB resident) stays out of the gateway."""
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from fastapi.testclient import TestClient\n"
+        "from db.migrate import upgrade\n"
+        "from db.session import session_scope\n"
+        "from db import jobs as crud\n"
+        "from eldefect.settings import get_settings\n"
+        "from gateway.app import create_app\n"
+        "url = get_settings().database_url\n"
+        "upgrade(url)\n"
+        "with session_scope(url) as session:\n"
+        "    station = crud.get_or_create_station(session=session, name='line-1')\n"
+        "    token = crud.create_token(session=session, station_id=station.id)\n"
+        "auth = {'Authorization': f'Bearer {token}'}\n"
+        "with TestClient(create_app(get_settings())) as client:\n"
+        "    for fmt in ('JPEG', 'PNG', 'TIFF'):\n"
+        "        body = io.BytesIO()\n"
+        "        Image.new('L', (64, 48), 128).save(body, fmt)\n"
+        "        answer = client.post('/v1/jobs', files={'file': ('x', body.getvalue())},"
+        " headers=auth)\n"
+        "        assert answer.status_code == 202, answer.text\n"
+        "        client.get(answer.headers['location'], headers=auth)\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -212,6 +212,30 @@ def test_revoked_token_is_refused(client: TestClient) -> None:
     assert_error(submit(client, {"Authorization": f"Bearer {token}"}), 401, "unauthorized")
 
 
+def test_a_revoked_token_is_refused_once_the_token_cache_time_has_passed(
+    client: TestClient,
+) -> None:
+    from db import jobs as crud
+    from db.session import session_scope
+    from gateway.tokens import TokenCache
+
+    now = [0.0]
+    client.app.state.token_cache = TokenCache(5.0, clock=lambda: now[0])  # type: ignore[attr-defined]
+    token = issue_token(_db(client), "line-9")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/jobs/nothing", headers=headers).status_code == 404  # token checked
+    with session_scope(_db(client)) as session:
+        station = crud.get_station_by_name(session=session, name="line-9")
+        assert station is not None
+        crud.revoke_tokens(session=session, station_id=station.id)
+
+    now[0] = 4.9  # within the cache time this process still takes the token it checked
+    assert client.get("/v1/jobs/nothing", headers=headers).status_code == 404
+    now[0] = 5.1
+    assert_error(client.get("/v1/jobs/nothing", headers=headers), 401, "unauthorized")
+    assert_error(submit(client, headers), 401, "unauthorized")
+
+
 def test_auth_can_be_switched_off_explicitly(make_client: Callable[..., TestClient]) -> None:
     client = make_client(auth_enabled="false")
 

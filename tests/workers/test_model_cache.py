@@ -111,6 +111,26 @@ class Counting(Registry):
         return super().load(version)
 
 
+def test_a_first_load_slower_than_the_check_interval_is_not_loaded_twice() -> None:
+    registry = Counting("1")
+    registry.release.clear()
+    cache = cache_for(registry, interval=0.02)
+    got: list[str] = []
+    first = threading.Thread(target=lambda: got.append(cache.get().version))
+    try:
+        first.start()
+        assert registry.loading.wait(5)
+        time.sleep(0.3)  # many check intervals pass while the first load runs
+        registry.release.set()
+        first.join(5)
+        time.sleep(0.1)  # and a few more checks after it
+        assert got == ["1"]
+        assert registry.loads == 1, "the background check loaded beside the first load"
+    finally:
+        registry.release.set()
+        cache.stop()
+
+
 def test_a_model_that_fails_to_load_backs_off_instead_of_reloading_per_message() -> None:
     registry = Counting("1")
     registry.broken.add("1")

@@ -44,6 +44,7 @@ class Load:
             raise SystemExit(f"no files under {opts.files}")
         self.issued = 0
         self.latencies: list[float] = []
+        self.uploads: list[float] = []  # eldefect: until the upload's answer (202)
         self.outcomes: Counter[str] = Counter()
         self.deadline = 0.0
         self.last_end = 0.0
@@ -62,9 +63,11 @@ class Load:
             )
             return "succeeded" if answer.status_code == 200 else f"http_{answer.status_code}"
         path = "/predict" if mode == "predict" else "/v1/jobs"
+        started = time.perf_counter()
         answer = await client.post(path, files={"file": (name, data)})
         if mode == "predict" or answer.status_code not in (200, 202):
             return "succeeded" if answer.status_code == 200 else f"http_{answer.status_code}"
+        self.uploads.append(time.perf_counter() - started)
         job = answer.json()
         while job["status"] not in ENDED:
             answer = await client.get(f"/v1/jobs/{job['id']}", params={"wait": 30})
@@ -113,6 +116,7 @@ class Load:
             "p50_ms": percentile(ok, 50) * 1000,
             "p95_ms": percentile(ok, 95) * 1000,
             "p99_ms": percentile(ok, 99) * 1000,
+            "upload_p50_ms": percentile(sorted(self.uploads), 50) * 1000,
         }
 
 

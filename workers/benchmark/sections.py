@@ -148,6 +148,44 @@ def _suffix(data: bytes) -> str:
     return ".png" if data.startswith(b"\x89PNG") else ".jpg"
 
 
+def standalone_context(
+    out: Path,
+    *,
+    seconds: float,
+    postgres_url: str | None,
+    redis_url: str | None,
+    kind: str = "strip",
+    arch: str = "resnet18",
+) -> tuple[BenchContext, Path]:
+    """For the scripts under bench/ that run one stack outside `eldefect bench`: an untrained
+    `arch` (224 px) registered in a fresh MLflow store under `out`, synthetic images of
+    `kind` written as files; points bounded by `seconds`. Returns the context and the files."""
+    from eldefect.bench import BenchPlan, register_untrained, synthetic_images
+    from eldefect.labels import load_label_set
+    from eldefect.settings import get_settings
+
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["ELDEFECT_VAR_DIR"] = str(out)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
+    get_settings.cache_clear()
+    name, alias = get_settings().model_name, get_settings().model_alias
+    labels = load_label_set("pv_multi_defect").labels
+    register_untrained(arch=arch, size=224, labels=labels, name=name, alias=alias)
+    images = {"strip": synthetic_images(kind, 16)}
+    ctx = BenchContext(
+        plan=BenchPlan(jobs_per_point=100_000, seconds_per_point=seconds),
+        model_name=name,
+        model_uri=f"models:/{name}@{alias}",
+        tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
+        images=images,
+        workdir=out,
+        echo=print,
+        options={"postgres_url": postgres_url, "redis_url": redis_url},
+    )
+    files = write_files(out / "files" / "strip", images["strip"], _suffix(images["strip"][0]))
+    return ctx, files
+
+
 # --- our stack -----------------------------------------------------------------------------
 
 
@@ -187,6 +225,7 @@ class Stack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = ""
+        self.database_url = ""
 
     def env(self, database_url: str) -> dict[str, str]:
         env = {
@@ -214,6 +253,7 @@ class Stack:
 
         self.root.mkdir(parents=True, exist_ok=True)
         with fresh_database(self.backend, self.root, self.ctx.options.get("postgres_url")) as url:
+            self.database_url = url
             with session_scope(url) as session:
                 station = crud.get_or_create_station(session=session, name="bench")
                 self.token = crud.create_token(session=session, station_id=station.id)
