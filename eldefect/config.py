@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SelectionMetric = Literal["val_macro_ap", "val_macro_recall", "val_macro_f1"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class _Strict(BaseModel):
@@ -95,6 +96,9 @@ class OptimConfig(_Strict):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; None: all cores.")
     max_minutes: float | None = Field(None, gt=0, description="Stop after this wall time.")
+    precision: Precision = Field(
+        "auto", description="Autocast dtype of the forward pass; auto: bf16 where native."
+    )
 
 
 class ThresholdConfig(_Strict):

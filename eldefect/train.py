@@ -40,6 +40,7 @@ from eldefect.metrics import (
     tune_thresholds,
 )
 from eldefect.models import build_model
+from eldefect.precision import RunPrecision, autocast, resolve_precision
 from eldefect.preprocess import InputSpec, normalize
 from eldefect.quantize import Int8Check, int8_copy
 from eldefect.settings import Settings, get_settings
@@ -133,6 +134,7 @@ def train_one_epoch(
     *,
     epoch: int,
     progress: bool,
+    precision: RunPrecision = "fp32",
 ) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, images per second)."""
     model.train()
@@ -141,7 +143,9 @@ def train_one_epoch(
     for x, y in bar:
         x = x.to(device, memory_format=torch.channels_last)  # (B, 1, S, S)
         y = y.to(device)  # (B, C)
-        loss = criterion(model(x), y)
+        with autocast(precision, device):
+            logits = model(x)
+        loss = criterion(logits.float(), y)  # the loss in fp32 whatever the forward ran in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,12 +158,17 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    precision: RunPrecision = "fp32",
 ) -> EpochResult:
     model.eval()
     losses, probs, targets = [], [], []
     for x, y in loader:
-        logits = model(x.to(device, memory_format=torch.channels_last))
+        with autocast(precision, device):
+            logits = model(x.to(device, memory_format=torch.channels_last)).float()
         losses.append(criterion(logits, y.to(device)).item() * len(x))
         probs.append(torch.sigmoid(logits).float().cpu())
         targets.append(y)
@@ -297,8 +306,11 @@ def train(
         fold=config.data.fold,
     )
     train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config)
+    precision = resolve_precision(config.optim.precision, dev)
     log.info(
-        "data: %s; %d train / %d val; positives train %s val %s",
+        "precision %s (optim.precision %s); data: %s; %d train / %d val; positives train %s val %s",
+        precision,
+        config.optim.precision,
         report.summary(),
         len(train_idx),
         len(val_idx),
@@ -330,6 +342,7 @@ def train(
                 "pos_weight": json.dumps([round(w, 3) for w in pos_weight.tolist()]),
                 "n_train": len(train_idx),
                 "n_val": len(val_idx),
+                "precision_used": precision,
             }
         )
         tracker.log_dict(config.model_dump(mode="json"), "config.json")
@@ -341,9 +354,10 @@ def train(
         for epoch in epochs:
             train_loss, throughput = train_one_epoch(
                 model, train_loader, criterion, optimizer, scheduler, dev,
-                epoch=epoch, progress=progress,
+                epoch=epoch, progress=progress, precision=precision,
             )  # fmt: skip
-            metrics, thresholds = score(evaluate(model, val_loader, criterion, dev), labels, config)
+            result = evaluate(model, val_loader, criterion, dev, precision)
+            metrics, thresholds = score(result, labels, config)
             metrics |= {"train_loss": train_loss, "train_images_per_s": throughput}
             tracker.log_metrics(metrics, step=epoch)
             if metrics[metric] > best_value:
@@ -365,7 +379,7 @@ def train(
 
         # The kept model: the best epoch's weights, scored again so every number is its own.
         model.load_state_dict(best_state)
-        final = evaluate(model, val_loader, criterion, dev)
+        final = evaluate(model, val_loader, criterion, dev, precision)
         final_metrics, _ = score(final, labels, config)
         if cv is not None:
             best_thresholds = dict(cv.thresholds)
