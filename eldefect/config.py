@@ -99,6 +99,19 @@ class OptimConfig(_Strict):
     precision: Precision = Field(
         "auto", description="Autocast dtype of the forward pass; auto: bf16 where native."
     )
+    # A per-step decay: with ~20 steps an epoch, 0.99 averages over the last ~5 epochs.
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights; it is what is "
+        "validated and shipped. None: the raw weights.",
+    )
+    sampling: Literal["shuffle", "balanced"] = Field(
+        "shuffle",
+        description="balanced: draw images (with replacement) by their rarest class, "
+        "sqrt-tempered, so rare classes are seen more often.",
+    )
 
 
 class ThresholdConfig(_Strict):
