@@ -35,13 +35,35 @@ def test_elpv_reads_every_cell(real_data: Path) -> None:
     assert 0.2 < rate < 0.5  # defective (p >= 0.5) is the minority
 
 
+# Per-class AP floors on a held-out fold, from the 5-fold CV of the shipped config in
+# docs/training.md ("Cross-validation of the recipes"): the lowest AP any fold reached, minus
+# FLOOR_MARGIN for run-to-run noise (seeds, bf16 vs fp32 on a CI runner without native bf16),
+# clipped to [0, 1]. The figures of fold 0, the one trained here, were not used alone.
+CV_MIN_AP = {
+    "hot_spot": 0.889,
+    "scratch": 0.957,
+    "black_border": 0.953,
+    "no_electricity": 0.988,
+    "broken": 0.508,
+}
+FLOOR_MARGIN = 0.05
+
+
 @pytest.mark.slow
-def test_shipped_config_trains_on_real_data(real_data: Path, settings_env: Path) -> None:
-    """Two epochs of the shipped recipe run end to end and log a usable model."""
+def test_shipped_config_meets_the_cv_floors_on_a_held_out_fold(
+    real_data: Path, settings_env: Path
+) -> None:
+    """The shipped recipe, trained on four folds, scores each class on the fifth at least as
+    well as the cross-validation says it should (~10 min on 2 cores with bf16)."""
     config = load_train_config(CONFIG)
-    config.optim.epochs = 2
-    config.input.size = 96
+    config.data.folds, config.data.fold = 5, 0
     outcome = train(config, data_root=real_data / "pv-multi-defect", progress=False)
-    assert outcome.card.labels == list(load_label_set("pv_multi_defect").labels)
-    assert 0.0 < outcome.metrics["best_val_macro_ap"] <= 1.0
+    assert outcome.card.labels == list(CV_MIN_AP)
     assert outcome.metrics["peak_rss_mb"] > 0
+    aps = {name: m.ap for name, m in outcome.per_class.items()}
+    below = {
+        name: (round(ap, 3), floor)
+        for name, ap in aps.items()
+        if ap < (floor := max(0.0, CV_MIN_AP[name] - FLOOR_MARGIN))
+    }
+    assert not below, f"AP under its CV floor (AP, floor): {below}; all: {aps}"
