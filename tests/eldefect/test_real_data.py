@@ -35,18 +35,24 @@ def test_elpv_reads_every_cell(real_data: Path) -> None:
     assert 0.2 < rate < 0.5  # defective (p >= 0.5) is the minority
 
 
-# Per-class AP floors on a held-out fold, from the 5-fold CV of the shipped config in
-# docs/training.md ("Cross-validation of the recipes"): the lowest AP any fold reached, minus
-# FLOOR_MARGIN for run-to-run noise (seeds, bf16 vs fp32 on a CI runner without native bf16),
-# clipped to [0, 1]. The figures of fold 0, the one trained here, were not used alone.
-CV_MIN_AP = {
-    "hot_spot": 0.889,
-    "scratch": 0.957,
-    "black_border": 0.953,
-    "no_electricity": 0.988,
-    "broken": 0.508,
+# Per-class AP of the shipped config over the folds of its 5-fold CV (docs/training.md,
+# "Cross-validated figures"): (lowest fold, mean, std). A class's floor is the lower of
+# "lowest fold minus MARGIN" and "mean minus two std", clipped at 0: one fold's figure (fold 0
+# is the one trained here) says little about `broken`, whose AP moves ~0.1 between seeds, and a
+# CI runner without native bf16 trains in fp32.
+CV_AP = {
+    "hot_spot": (0.889, 0.920, 0.031),
+    "scratch": (0.957, 0.960, 0.004),
+    "black_border": (0.953, 0.973, 0.020),
+    "no_electricity": (0.988, 0.994, 0.006),
+    "broken": (0.508, 0.626, 0.118),
 }
-FLOOR_MARGIN = 0.05
+MARGIN = 0.05
+
+
+def ap_floor(name: str) -> float:
+    lowest, mean, std = CV_AP[name]
+    return max(0.0, min(lowest - MARGIN, mean - 2 * std))
 
 
 @pytest.mark.slow
@@ -58,12 +64,9 @@ def test_shipped_config_meets_the_cv_floors_on_a_held_out_fold(
     config = load_train_config(CONFIG)
     config.data.folds, config.data.fold = 5, 0
     outcome = train(config, data_root=real_data / "pv-multi-defect", progress=False)
-    assert outcome.card.labels == list(CV_MIN_AP)
+    assert outcome.card.labels == list(CV_AP)
     assert outcome.metrics["peak_rss_mb"] > 0
     aps = {name: m.ap for name, m in outcome.per_class.items()}
-    below = {
-        name: (round(ap, 3), floor)
-        for name, ap in aps.items()
-        if ap < (floor := max(0.0, CV_MIN_AP[name] - FLOOR_MARGIN))
-    }
+    floors = {name: round(ap_floor(name), 3) for name in CV_AP}
+    below = {name: (round(ap, 3), floors[name]) for name, ap in aps.items() if ap < floors[name]}
     assert not below, f"AP under its CV floor (AP, floor): {below}; all: {aps}"
