@@ -409,8 +409,9 @@ def train(
                 break
 
         # The kept model: the best epoch's weights, scored again so every number is its own.
+        # In fp32, as it is served: its thresholds and figures must hold for those probabilities.
         kept.load_state_dict(best_state)
-        final = evaluate(kept, val_loader, criterion, dev, precision)
+        final = evaluate(kept, val_loader, criterion, dev)
         final_metrics, _ = score(final, labels, config)
         if cv is not None:
             best_thresholds = dict(cv.thresholds)
