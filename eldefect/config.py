@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SelectionMetric = Literal["val_macro_ap", "val_macro_recall", "val_macro_f1"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class _Strict(BaseModel):
@@ -95,6 +96,22 @@ class OptimConfig(_Strict):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; None: all cores.")
     max_minutes: float | None = Field(None, gt=0, description="Stop after this wall time.")
+    precision: Precision = Field(
+        "auto", description="Autocast dtype of the forward pass; auto: bf16 where native."
+    )
+    # A per-step decay: with ~20 steps an epoch, 0.99 averages over the last ~5 epochs.
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights; it is what is "
+        "validated and shipped. None: the raw weights.",
+    )
+    sampling: Literal["shuffle", "balanced"] = Field(
+        "shuffle",
+        description="balanced: draw images (with replacement) by their rarest class, "
+        "sqrt-tempered, so rare classes are seen more often.",
+    )
 
 
 class ThresholdConfig(_Strict):

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from eldefect.augment import build_augmentation
@@ -40,6 +41,7 @@ from eldefect.metrics import (
     tune_thresholds,
 )
 from eldefect.models import build_model
+from eldefect.precision import RunPrecision, autocast, resolve_precision
 from eldefect.preprocess import InputSpec, normalize
 from eldefect.quantize import Int8Check, int8_copy
 from eldefect.settings import Settings, get_settings
@@ -123,6 +125,25 @@ def positive_weights(targets: np.ndarray, max_pos_weight: float) -> torch.Tensor
     )
 
 
+def balanced_sample_weights(targets: np.ndarray) -> np.ndarray:
+    """Each image's draw weight: sqrt(N / count) of its rarest positive class (images without
+    a positive count as one more class). Tempered like the positive weights, so 50 `broken`
+    images are drawn ~3.5x as often as a common class, not 13x over and over."""
+    counts = targets.sum(0)  # (C,)
+    n = len(targets)
+    none = max(1.0, float((targets.sum(1) == 0).sum()))
+    per_class = np.sqrt(n / np.maximum(counts, 1))  # (C,)
+    rarest = np.where(targets > 0, per_class, 0.0).max(1)  # (N,)
+    return np.where(targets.sum(1) > 0, rarest, np.sqrt(n / none))
+
+
+def weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """The EMA of `model`'s weights and BatchNorm statistics, updated after every step."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -133,6 +154,8 @@ def train_one_epoch(
     *,
     epoch: int,
     progress: bool,
+    precision: RunPrecision = "fp32",
+    ema: AveragedModel | None = None,
 ) -> tuple[float, float]:
     """One pass over the training split; returns (mean loss, images per second)."""
     model.train()
@@ -141,11 +164,15 @@ def train_one_epoch(
     for x, y in bar:
         x = x.to(device, memory_format=torch.channels_last)  # (B, 1, S, S)
         y = y.to(device)  # (B, C)
-        loss = criterion(model(x), y)
+        with autocast(precision, device):
+            logits = model(x)
+        loss = criterion(logits.float(), y)  # the loss in fp32 whatever the forward ran in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(x)
         seen += len(x)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -154,12 +181,17 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    precision: RunPrecision = "fp32",
 ) -> EpochResult:
     model.eval()
     losses, probs, targets = [], [], []
     for x, y in loader:
-        logits = model(x.to(device, memory_format=torch.channels_last))
+        with autocast(precision, device):
+            logits = model(x.to(device, memory_format=torch.channels_last)).float()
         losses.append(criterion(logits, y.to(device)).item() * len(x))
         probs.append(torch.sigmoid(logits).float().cpu())
         targets.append(y)
@@ -221,12 +253,18 @@ def data_loaders(
     train_ds = CachedDataset(cache, train_idx, spec=spec, augment=augment)
     val_ds = CachedDataset(cache, val_idx, spec=spec)
     batch = config.optim.batch_size
+    generator = torch.Generator().manual_seed(config.optim.seed)
+    sampler = None
+    if config.optim.sampling == "balanced":
+        weights = balanced_sample_weights(cache.targets.numpy()[train_idx])
+        sampler = WeightedRandomSampler(weights.tolist(), len(train_idx), generator=generator)
     train_loader = DataLoader(
         train_ds,
         batch,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         drop_last=len(train_ds) > batch,  # a batch of 1 would break BatchNorm
-        generator=torch.Generator().manual_seed(config.optim.seed),
+        generator=generator,
     )
     return train_loader, DataLoader(val_ds, batch * 2)
 
@@ -297,8 +335,11 @@ def train(
         fold=config.data.fold,
     )
     train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config)
+    precision = resolve_precision(config.optim.precision, dev)
     log.info(
-        "data: %s; %d train / %d val; positives train %s val %s",
+        "precision %s (optim.precision %s); data: %s; %d train / %d val; positives train %s val %s",
+        precision,
+        config.optim.precision,
         report.summary(),
         len(train_idx),
         len(val_idx),
@@ -319,8 +360,10 @@ def train(
         total_steps=config.optim.epochs * len(train_loader),
     )
 
+    ema = weight_average(model, config.optim.ema_decay)
+    kept = ema.module if ema is not None else model  # what is validated and shipped
     metric = config.optim.selection_metric
-    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(kept.state_dict())
     best_thresholds: dict[str, float] = {}
     started = time.perf_counter()
     with tracker.run(config.name) as run_id:
@@ -330,6 +373,7 @@ def train(
                 "pos_weight": json.dumps([round(w, 3) for w in pos_weight.tolist()]),
                 "n_train": len(train_idx),
                 "n_val": len(val_idx),
+                "precision_used": precision,
             }
         )
         tracker.log_dict(config.model_dump(mode="json"), "config.json")
@@ -341,14 +385,15 @@ def train(
         for epoch in epochs:
             train_loss, throughput = train_one_epoch(
                 model, train_loader, criterion, optimizer, scheduler, dev,
-                epoch=epoch, progress=progress,
+                epoch=epoch, progress=progress, precision=precision, ema=ema,
             )  # fmt: skip
-            metrics, thresholds = score(evaluate(model, val_loader, criterion, dev), labels, config)
+            result = evaluate(kept, val_loader, criterion, dev, precision)
+            metrics, thresholds = score(result, labels, config)
             metrics |= {"train_loss": train_loss, "train_images_per_s": throughput}
             tracker.log_metrics(metrics, step=epoch)
             if metrics[metric] > best_value:
                 best_value, best_epoch, best_thresholds = metrics[metric], epoch, thresholds
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(kept.state_dict())
             epochs.set_postfix(loss=f"{train_loss:.4f}", best=f"{best_value:.4f}@{best_epoch}")
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f %s %.4f (best %.4f @ %d) %.1f img/s",
@@ -364,8 +409,9 @@ def train(
                 break
 
         # The kept model: the best epoch's weights, scored again so every number is its own.
-        model.load_state_dict(best_state)
-        final = evaluate(model, val_loader, criterion, dev)
+        # In fp32, as it is served: its thresholds and figures must hold for those probabilities.
+        kept.load_state_dict(best_state)
+        final = evaluate(kept, val_loader, criterion, dev)
         final_metrics, _ = score(final, labels, config)
         if cv is not None:
             best_thresholds = dict(cv.thresholds)
@@ -391,7 +437,7 @@ def train(
         tracker.log_dict({"labels": names}, "labels.json")
         profile = reference_profile(cache, train_idx, labels, final.probs, best_thresholds)
         tracker.log_dict(profile, "reference_profile.json")
-        cpu_model = model.to("cpu").to(memory_format=torch.contiguous_format)
+        cpu_model = kept.to("cpu").to(memory_format=torch.contiguous_format)
         int8_graph, serving = None, {}
         if config.serving.int8:
             int8_graph, check = int8_for_serving(

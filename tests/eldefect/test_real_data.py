@@ -35,13 +35,41 @@ def test_elpv_reads_every_cell(real_data: Path) -> None:
     assert 0.2 < rate < 0.5  # defective (p >= 0.5) is the minority
 
 
+# Per-class AP of the shipped config over the folds of its 5-fold CV (docs/training.md,
+# "Cross-validated figures"): (lowest fold, mean, std). A class's floor is the lower of
+# "lowest fold minus MARGIN" and "mean minus two std", clipped at 0: one fold's figure (fold 0
+# is the one trained here) says little about `broken`, whose AP moves ~0.1 between seeds, and a
+# CI runner without native bf16 trains in fp32.
+CV_AP = {
+    "hot_spot": (0.889, 0.934, 0.026),
+    "scratch": (0.953, 0.958, 0.004),
+    "black_border": (0.939, 0.965, 0.020),
+    "no_electricity": (0.941, 0.981, 0.024),
+    "broken": (0.346, 0.542, 0.141),
+}
+MARGIN = 0.05
+
+
+def ap_floor(name: str) -> float:
+    lowest, mean, std = CV_AP[name]
+    return max(0.0, min(lowest - MARGIN, mean - 2 * std))
+
+
 @pytest.mark.slow
-def test_shipped_config_trains_on_real_data(real_data: Path, settings_env: Path) -> None:
-    """Two epochs of the shipped recipe run end to end and log a usable model."""
+# ~10 min on 2 quiet cores with bf16; the config's max_minutes (28) bounds a busy or fp32 run,
+# which the suite's default 900 s timeout would cut first.
+@pytest.mark.timeout(1800)
+def test_shipped_config_meets_the_cv_floors_on_a_held_out_fold(
+    real_data: Path, settings_env: Path
+) -> None:
+    """The shipped recipe, trained on four folds, scores each class on the fifth at least as
+    well as the cross-validation says it should (~10 min on 2 cores with bf16)."""
     config = load_train_config(CONFIG)
-    config.optim.epochs = 2
-    config.input.size = 96
+    config.data.folds, config.data.fold = 5, 0
     outcome = train(config, data_root=real_data / "pv-multi-defect", progress=False)
-    assert outcome.card.labels == list(load_label_set("pv_multi_defect").labels)
-    assert 0.0 < outcome.metrics["best_val_macro_ap"] <= 1.0
+    assert outcome.card.labels == list(CV_AP)
     assert outcome.metrics["peak_rss_mb"] > 0
+    aps = {name: m.ap for name, m in outcome.per_class.items()}
+    floors = {name: round(ap_floor(name), 3) for name in CV_AP}
+    below = {name: (round(ap, 3), floors[name]) for name, ap in aps.items() if ap < floors[name]}
+    assert not below, f"AP under its CV floor (AP, floor): {below}; all: {aps}"
