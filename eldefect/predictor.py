@@ -161,11 +161,11 @@ def load_predictor(
     card = loaded.card
     torch_runner = TorchRunner(loaded.model, dev)
     runner: _Runner = torch_runner
-    int8 = _int8_runner(loaded.int8_onnx, card, model_uri, backend)
-    if dev.type == "cpu" and int8 is not None:
-        runner = int8
-    elif dev.type == "cpu" and backend != "torch":
-        onnx = _onnx_runner(loaded.model, card.input_spec.size, torch_runner)
+    if dev.type == "cpu" and backend != "torch":
+        # The int8 copy first (None unless asked for or accepted), then the float graph.
+        onnx = _int8_runner(loaded.int8_onnx, card, model_uri, backend) or _onnx_runner(
+            loaded.model, card.input_spec.size, torch_runner
+        )
         if onnx is not None:
             runner = onnx
         elif backend == "onnx":
