@@ -320,7 +320,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the asked sections; returns every figure (JSON-able but for `workdir`)."""
     from eldefect.labels import load_label_set
-    from eldefect.settings import get_settings
+    from eldefect.settings import get_settings, store_under
 
     plan = BenchPlan.quick() if quick else BenchPlan()
     settings = get_settings()
@@ -335,26 +335,16 @@ def run_bench(
         "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
         "workdir": workdir,
     }
-    saved = {k: os.environ.get(k) for k in ("ELDEFECT_VAR_DIR", "MLFLOW_TRACKING_URI")}
-    try:
-        if model_uri is None:  # a fresh registry of our own: nothing else's models are touched
-            os.environ["ELDEFECT_VAR_DIR"] = str(workdir)
-            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-            get_settings.cache_clear()
-            settings = get_settings()
+    if model_uri is not None:
+        _measure(report, model_uri, image_dir, sections, plan, options, echo)
+    else:  # a fresh registry of our own: nothing else's models are touched
+        with store_under(workdir) as settings:
             labels = load_label_set("pv_multi_defect").labels
             name, alias = settings.model_name, settings.model_alias
             register_untrained(arch=arch, size=size, labels=labels, name=name, alias=alias)
             model_uri = f"models:/{name}@{alias}"
             echo(f"registered an untrained {arch} ({size} px, {len(labels)} labels) as {model_uri}")
-        _measure(report, model_uri, image_dir, sections, plan, options, echo)
-    finally:  # the process's settings as they were (tests run this in-process)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+            _measure(report, model_uri, image_dir, sections, plan, options, echo)
     report["finished_at"] = started_at()
     report["machine"]["load_average_after"] = list(os.getloadavg())
     return report

@@ -7,6 +7,8 @@ Names follow CONTRACT.md. Every process (CLI, gateway, worker, beat) builds it o
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -277,6 +279,26 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+@contextmanager
+def store_under(folder: Path) -> Iterator[Settings]:
+    """Within the block, the process's var dir and MLflow registry (SQLite) live in `folder`;
+    the environment and settings are restored after it (benchmarks and tests run in-process)."""
+    names = ("ELDEFECT_VAR_DIR", "MLFLOW_TRACKING_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ["ELDEFECT_VAR_DIR"] = str(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    get_settings.cache_clear()
+    try:
+        yield get_settings()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
 
 
 def _cgroup_cpu_limit(root: Path) -> float | None:

@@ -147,14 +147,10 @@ def _train_tiny(seed: int) -> str:
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
     from eldefect.data.synth import write_synthetic_dataset
     from eldefect.registry import promote, register_run
-    from eldefect.settings import get_settings
+    from eldefect.settings import store_under
 
     root = tmp_path_factory.mktemp("model_store")
-    saved = {k: os.environ.get(k) for k in ("ELDEFECT_VAR_DIR", "MLFLOW_TRACKING_URI")}
-    os.environ["ELDEFECT_VAR_DIR"] = str(root)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    get_settings.cache_clear()
-    try:
+    with store_under(root):
         v1 = register_run(_train_tiny(seed=0), MODEL_NAME)
         promote(name=MODEL_NAME, version=v1, to_production=True)
         v2 = register_run(_train_tiny(seed=1), MODEL_NAME)
@@ -166,13 +162,6 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore
             progress=False,
             classes=["crack", "black_core", "thick_line", "corner", "fragment"],
         )
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
     yield ModelStore(root / "mlflow.db", MODEL_NAME, v1, v2, images)
 
 
