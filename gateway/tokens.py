@@ -17,37 +17,31 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from cachetools import TTLCache
+
 from db.jobs import hash_token
 
 T = TypeVar("T")
 
-# Far more tokens than stations; a full cache drops what has expired, else everything.
+# Far more tokens than stations; a full cache drops what has expired, then the oldest used.
 MAX_TOKENS = 10_000
 
 
 class TokenCache(Generic[T]):
     def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
-        self._clock = clock
-        self._entries: dict[str, tuple[T, float]] = {}
-        self._lock = threading.Lock()
+        self._entries: TTLCache[str, T] = TTLCache(MAX_TOKENS, max(ttl_s, 1e-9), timer=clock)
+        self._lock = threading.Lock()  # TTLCache is not thread-safe; misses fill from threads
 
     def get(self, token: str) -> T | None:
         """What this token was found to be less than `ttl_s` ago, else None."""
         if self.ttl_s <= 0:
             return None
-        entry = self._entries.get(hash_token(token))
-        if entry is None or entry[1] <= self._clock():
-            return None
-        return entry[0]
+        with self._lock:
+            return self._entries.get(hash_token(token))
 
     def put(self, token: str, value: T) -> None:
         if self.ttl_s <= 0:
             return
         with self._lock:
-            if len(self._entries) >= MAX_TOKENS:
-                now = self._clock()
-                self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
-                if len(self._entries) >= MAX_TOKENS:
-                    self._entries.clear()
-            self._entries[hash_token(token)] = (value, self._clock() + self.ttl_s)
+            self._entries[hash_token(token)] = value
