@@ -65,6 +65,10 @@ class ModelConfig(_Strict):
     width: int = Field(32, ge=4, description="CNN stem channels (doubled per block).")
     depth: int = Field(3, ge=1, le=6, description="CNN blocks after the stem.")
     dropout: float = Field(0.0, ge=0, lt=1)
+    # A stride-4 stem reads a 448 px input at full resolution and hands the residual stages
+    # the feature maps a stride-2 stem makes from 224 px: thin cracks reach the first
+    # convolution unblurred for about the same compute.
+    stem_stride: Literal[2, 4] = Field(2, description="ResNet: stride of the first convolution.")
 
 
 class InputConfig(_Strict):

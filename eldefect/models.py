@@ -40,9 +40,9 @@ class ELDefectCNN(nn.Module):
         return self.head(self.dropout(x))
 
 
-def _resnet18_gray(num_classes: int, dropout: float) -> nn.Module:
+def _resnet18_gray(num_classes: int, dropout: float, stem_stride: int) -> nn.Module:
     model = resnet18(weights=None, num_classes=num_classes)  # from scratch: no downloads
-    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=stem_stride, padding=3, bias=False)
     if dropout:
         model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
     return model
@@ -52,5 +52,5 @@ def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
     if config.arch == "cnn":
         return ELDefectCNN(num_classes, config.width, config.depth, config.dropout)
     if config.arch == "resnet18":
-        return _resnet18_gray(num_classes, config.dropout)
+        return _resnet18_gray(num_classes, config.dropout, config.stem_stride)
     raise ValueError(f"unknown architecture {config.arch!r}")

@@ -51,6 +51,21 @@ def test_models_map_gray_batches_to_logits(arch: str) -> None:
         assert model(x).shape == (3, 5)
 
 
+def test_resnet_stride_4_stem_gives_the_stride_2_feature_maps_twice_the_input() -> None:
+    stems = {
+        stride: build_model(ModelConfig(arch="resnet18", stem_stride=stride), 5).eval()
+        for stride in (2, 4)
+    }
+    maps = {}
+    for stride, size in ((2, 96), (4, 192)):
+        model = stems[stride]
+        x = torch.randn(2, 1, size, size)
+        with torch.inference_mode():
+            maps[stride] = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+            assert model(x).shape == (2, 5)
+    assert maps[2].shape == maps[4].shape == (2, 64, 24, 24)
+
+
 def test_seed_cnn_shape() -> None:
     model = build_model(ModelConfig(arch="cnn", width=32, depth=3), num_classes=12)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
