@@ -1,7 +1,9 @@
 """Sending inference tasks BY NAME through a light Celery client (no workers import).
 
 The database is the truth: a job is committed before its message is sent, and when the broker
-is unreachable the job simply stays queued; the workers' periodic sweep re-sends it.
+is unreachable the job simply stays queued; the workers' periodic sweep re-sends it. A
+message is a wake-up, not a job: one per `batch_size` jobs of a request, and on Redis none at
+all while one is already pending for the queue (eldefect/wakeups.py).
 
 Each message goes to an inference queue with live workers, read from the workers table
 (`QueueRouter`, cached for `queue_cache_s`): GPU first, then CPU, else the configured
@@ -20,6 +22,7 @@ from db.session import session_scope
 from db.workers import QueueCounts, live_workers
 from eldefect.broker import INFER_TASK, RETRAIN_TASK, Queue, broker_options, route_inference
 from eldefect.settings import Settings
+from eldefect.wakeups import WakeMarker, one_per_batch, wake_marker
 from gateway.metrics import ENQUEUE_FAILURES
 
 if TYPE_CHECKING:
@@ -89,11 +92,18 @@ class QueueRouter:
 
 
 class Enqueuer:
-    """Publishes `eldefect.infer(job_id)` to a live inference queue; one per app, thread-safe."""
+    """Publishes `eldefect.infer(job_id)` wake-ups to a live inference queue; one per app,
+    thread-safe."""
 
-    def __init__(self, settings: Settings, router: QueueRouter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: QueueRouter | None = None,
+        marker: WakeMarker | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router or QueueRouter(settings)
+        self.marker = marker or wake_marker(settings)
         self._client: Celery | None = None
         self._lock = threading.Lock()
 
@@ -105,15 +115,20 @@ class Enqueuer:
             return self._client
 
     def send(self, job_ids: Sequence[str]) -> list[str]:
-        """Send one message per job; returns the ids that could not be sent (logged, counted)."""
-        failed: list[str] = []
+        """Wake a worker for these committed jobs; returns the ids whose wake-up could not be
+        sent (logged, counted). Nothing is sent while a wake-up for the queue is pending: the
+        worker that takes it claims these jobs too."""
         queue = self.router.queue()
-        for i, job_id in enumerate(job_ids):
+        if not self.marker.mark(queue):
+            return []
+        step = self.settings.batch_size
+        for i, job_id in enumerate(one_per_batch(job_ids, step)):
             try:
                 self.client.send_task(INFER_TASK, args=[job_id], queue=queue)
             except Exception as exc:  # any broker failure: the jobs stay queued in the DB
-                # The broker is down: do not wait out the retries once per remaining job.
-                failed = list(job_ids[i:])
+                # Nothing is on its way: let the next job's sender try again at once.
+                self.marker.clear(queue)
+                failed = list(job_ids[i * step :])
                 log.warning(
                     "could not enqueue %d job(s) from %s on (%s: %s); they stay queued and "
                     "the sweep re-sends them",
@@ -122,10 +137,9 @@ class Enqueuer:
                     type(exc).__name__,
                     exc,
                 )
-                break
-        if failed:
-            ENQUEUE_FAILURES.inc(len(failed))
-        return failed
+                ENQUEUE_FAILURES.inc(len(failed))
+                return failed
+        return []
 
     def send_retrain(self, trigger_id: int) -> bool:
         """Send `eldefect.retrain(trigger_id)` to the training queue; False when the broker

@@ -23,6 +23,7 @@ from eldefect.broker import (
     broker_options,
 )
 from eldefect.settings import Settings, get_settings
+from eldefect.wakeups import coalesces
 
 
 def _kombu_queue(name: str) -> KombuQueue:
@@ -47,10 +48,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # can (Redis, after its visibility timeout); the sweep covers the rest.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One batch worth of messages in hand: a batch claims up to batch_size jobs, and the
-        # messages of jobs another batch already took are acked as no-ops without a round
-        # trip to the broker each. More would only hoard wake-ups another worker could use.
-        "worker_prefetch_multiplier": settings.batch_size,
+        # On Redis at most one wake-up is pending per queue (eldefect/wakeups.py): a worker
+        # that reserved it while draining would keep it from an idle one, so take one at a
+        # time. Elsewhere every job sends one: one batch worth in hand lets the messages of
+        # jobs another batch already took be acked as no-ops without a round trip each.
+        "worker_prefetch_multiplier": 1 if coalesces(settings) else settings.batch_size,
         "task_queues": [_kombu_queue(q.value) for q in Queue],
         "task_default_queue": Queue.INFERENCE_CPU.value,
         "task_routes": {

@@ -1,6 +1,7 @@
 """Plain functions behind the tasks: one batch of inference, one sweep. Tests call these.
 
-A batch: claim up to `batch_size` queued jobs (the message's own job first), wait up to
+A wake-up message drains: batches until one comes back short (`drain`). A batch: claim up to
+`batch_size` queued jobs (the message's own job first), wait up to
 `batch_wait_ms` (default 0) for more while the batch is not full, decode each image (an
 image that will not decode fails its job at once, with the reason) no larger than the
 model's input, compute its input statistics, run ONE forward pass over the rest, and store
@@ -26,6 +27,7 @@ from eldefect.broker import INFERENCE_QUEUES, route_inference
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
+from eldefect.wakeups import one_per_batch
 from monitoring import metrics
 from workers.claims import release_claims
 from workers.model_cache import ServingModel
@@ -247,10 +249,34 @@ def _release(
             on_unreleased(jobs)
 
 
+def drain(
+    *,
+    settings: Settings,
+    model_source: Callable[[], ServingModel],
+    prefer: str | None = None,
+    on_unreleased: Callable[[Sequence[lifecycle.ClaimedJob]], None] | None = None,
+) -> list[BatchReport]:
+    """Batches until one comes back short of `batch_size`: what one wake-up owes.
+
+    Called after the queue's wake-up marker is cleared (eldefect/wakeups.py): every job
+    committed before then is claimed here or by a batch already running elsewhere, and a job
+    committed after it has its own wake-up on the way.
+    """
+    reports = [
+        process_batch(
+            settings=settings, model_source=model_source, prefer=prefer, on_unreleased=on_unreleased
+        )
+    ]
+    while len(reports[-1].claimed) >= settings.batch_size:
+        reports.append(
+            process_batch(settings=settings, model_source=model_source, on_unreleased=on_unreleased)
+        )
+    return reports
+
+
 def wake_up(job_ids: Sequence[str], *, send: Callable[[str], object], batch_size: int) -> None:
-    """One wake-up message per batch: a batch claims the oldest queued jobs, whichever
-    message woke it."""
-    for job_id in job_ids[::batch_size]:
+    """One wake-up message per batch of these jobs (held claims handed back, the sweep)."""
+    for job_id in one_per_batch(job_ids, batch_size):
         send(job_id)
 
 

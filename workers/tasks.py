@@ -10,6 +10,7 @@ import logging
 import threading
 from typing import Any
 
+from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
@@ -17,12 +18,13 @@ from db.retention import prune_images as prune_images_before
 from db.retention import retention_cutoff
 from eldefect.broker import DRIFT_TASK, INFER_TASK, INFERENCE_QUEUES, PRUNE_TASK, Queue
 from eldefect.settings import get_settings, redact_url
+from eldefect.wakeups import wake_marker
 from monitoring.reports import run_drift_check
 from workers import control as _control  # noqa: F401  (registers the remote-control command)
 from workers.app import app
 from workers.claims import HeldClaims, release_claims
 from workers.housekeeping import Housekeeper
-from workers.inference import process_batch, wake_up
+from workers.inference import drain, wake_up
 from workers.model_cache import ModelUnavailableError, get_model_cache
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 @app.task(
     name=INFER_TASK,
+    bind=True,
     # The job's state is in the database; the message only says "work is waiting". Ack late,
     # so a message whose worker dies is redelivered where the transport can.
     acks_late=True,
@@ -45,15 +48,20 @@ log = logging.getLogger(__name__)
     max_retries=12,
     ignore_result=True,
 )
-def infer(job_id: str) -> dict[str, Any]:
-    """Run one batch of queued jobs, this message's job first (a no-op if it is done)."""
-    report = process_batch(
-        settings=get_settings(),
+def infer(self: Task, job_id: str) -> dict[str, Any]:
+    """Drain the queued jobs, this message's job first (a no-op if they are done)."""
+    settings = get_settings()
+    # Before claiming: a job committed from now on sends a wake-up of its own.
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    if queue:
+        wake_marker(settings).clear(queue)
+    reports = drain(
+        settings=settings,
         model_source=get_model_cache().get,
         prefer=job_id,
         on_unreleased=HELD_CLAIMS.hold,
     )
-    return report.as_dict()
+    return {"batches": [report.as_dict() for report in reports]}
 
 
 def send_infer(job_id: str, queue: str) -> object:

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from eldefect.broker import INFER_TASK, broker_options, embedded_broker_folders
 from eldefect.settings import Settings
+from eldefect.wakeups import RedisMarker
 from tests.gateway import factories
 from tests.gateway.conftest import issue_token
 from tests.gateway.test_jobs_api import _db
@@ -68,20 +69,25 @@ def test_submit_puts_a_message_in_the_embedded_queue(
 
 
 @pytest.mark.redis
-def test_submit_pushes_to_the_redis_queue(
+def test_submit_pushes_one_pending_wake_up_to_the_redis_queue(
     make_client: Callable[..., TestClient], redis_url: str
 ) -> None:
     import redis
 
     client = make_client(broker_url=redis_url, inference_queue="inference.gpu")
-    _submit(client)
+    first = _submit(client)
     _submit(client)
 
     conn = redis.Redis.from_url(redis_url)
     try:
-        assert conn.llen("inference.gpu") == 2
+        # One wake-up is pending: the worker that takes it claims the second job too.
+        assert conn.llen("inference.gpu") == 1
         message = json.loads(conn.lindex("inference.gpu", 0))  # type: ignore[arg-type]
-        assert message["headers"]["task"] == INFER_TASK
+        assert message["headers"]["task"] == INFER_TASK and first in message["headers"]["argsrepr"]
+        RedisMarker(redis_url).clear("inference.gpu")  # as a worker does before it claims
+        third = _submit(client)
+        assert conn.llen("inference.gpu") == 2
+        assert third in json.loads(conn.lindex("inference.gpu", 0))["headers"]["argsrepr"]  # type: ignore[arg-type]
     finally:
         conn.close()
 

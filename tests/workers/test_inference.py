@@ -19,7 +19,7 @@ from db.workers import record_heartbeat
 from eldefect.predictor import PredictionResult
 from eldefect.settings import Settings
 from tests.workers.factories import make_job, make_station, png_bytes
-from workers.inference import process_batch, run_sweep
+from workers.inference import drain, process_batch, run_sweep
 
 LABELS = ["crack", "finger"]
 
@@ -90,6 +90,16 @@ def test_batch_is_capped_at_batch_size(db_url: str) -> None:
     assert ids[10] in first.claimed and len(first.claimed) == 8
     second = process_batch(settings=settings, model_source=lambda: model, prefer=ids[0])
     assert len(second.claimed) == 3 and model.calls == [8, 3]
+
+
+def test_one_wake_up_drains_batches_until_one_comes_back_short(db_url: str) -> None:
+    ids = queued_jobs(db_url, [png_bytes(i) for i in range(16)])  # exactly two full batches
+    model = FakeModel()
+    reports = drain(settings=settings_for(db_url), model_source=lambda: model, prefer=ids[15])
+    assert ids[15] in reports[0].claimed
+    # The second full batch might have left jobs behind, so a third (empty) claim looks.
+    assert [len(r.claimed) for r in reports] == [8, 8, 0] and model.calls == [8, 8]
+    assert sorted(i for r in reports for i in r.succeeded) == sorted(ids)
 
 
 def test_batch_waits_for_more_jobs_within_batch_wait(db_url: str) -> None:

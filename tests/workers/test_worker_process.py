@@ -43,8 +43,9 @@ def _use(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
     return settings.database_url
 
 
-def submit(url: str, images: list[bytes], *, send: bool = True) -> list[str]:
-    """Store jobs as the gateway would, then send one wake-up message per job."""
+def submit(url: str, images: list[bytes], *, send: bool = True, messages: int = 0) -> list[str]:
+    """Store jobs as the gateway would, then send one wake-up message per job (or only the
+    first `messages`)."""
     from workers.app import create_app
 
     with session_scope(url) as session:
@@ -53,7 +54,7 @@ def submit(url: str, images: list[bytes], *, send: bool = True) -> list[str]:
     if send:
         client = create_app()
         try:
-            for job_id in ids:
+            for job_id in ids[: messages or None]:
                 client.send_task("eldefect.infer", args=[job_id], queue="inference.cpu")
         finally:
             client.close()
@@ -97,6 +98,18 @@ def test_worker_batches_jobs_and_fails_a_corrupt_image_with_its_reason(
         assert all(r.model_name == "el_defect_classifier" for r in results)
         # Batching: jobs that shared a forward pass share its duration.
         assert max(Counter(r.inference_ms for r in results).values()) > 1
+
+
+def test_one_wake_up_message_drains_every_queued_job(backend: str, tmp_path: Path) -> None:
+    url = backend
+    worker = start_worker(tmp_path)
+    try:
+        ids = submit(url, [png_bytes(i) for i in range(40)], messages=1)  # 16 per batch
+        final = wait_all_finished(url, ids, 60, worker.text, [worker])
+    finally:
+        worker.stop()
+    assert set(final.values()) == {JobStatus.succeeded}
+    assert result_count(url) == 40
 
 
 @pytest.mark.redis
