@@ -176,6 +176,18 @@ def test_importing_the_gateway_leaves_torch_mlflow_and_workers_out() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_the_gateway_command_leaves_alembic_out_when_it_does_not_migrate() -> None:
+    """Alembic, Mako and Pygments (~8 MiB resident) load only to migrate."""
+    code = (
+        "import sys, eldefect.cli, gateway.cli, gateway.app\n"
+        "print(','.join(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
+
+
 def test_uploads_leave_numpy_out_of_the_gateway(settings_env: Path) -> None:
     """The upload check needs Pillow only: numpy (~16 MiB resident) stays out of the gateway."""
     code = (
