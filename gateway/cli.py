@@ -10,6 +10,7 @@ from db.models import TokenRole
 from db.retention import count_prunable, prune_images, retention_cutoff
 from db.session import session_scope
 from eldefect.settings import Settings, get_settings
+from gateway.arenas import limit_malloc_arenas
 
 
 def _should_migrate(settings: Settings, flag: bool | None) -> bool:
@@ -35,6 +36,7 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
     """Run the HTTP gateway (uvicorn)."""
     import uvicorn
 
+    limit_malloc_arenas()  # first: before uvicorn or a migration starts a thread
     settings = get_settings()
     settings.ensure_var_dir()
     if _should_migrate(settings, migrate):
