@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="How long a gateway process reuses a token it found valid (a revoked "
         "token is refused at the latest this long after); 0 checks every request.",
     )
+    gateway_threads: int = Field(
+        16,
+        ge=1,
+        description="Threads a gateway process runs its blocking work in (database, upload "
+        "checks); fewer than the database pool's 30 connections, so none waits for one.",
+    )
     gateway_migrate: bool | None = Field(
         None,
         description="`eldefect gateway` applies migrations at start; default: only on SQLite.",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -66,6 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # anyio's default is 40 threads. Each busy one holds an upload's bytes and a pooled
+        # connection's buffers, so the peak RSS under 64 concurrent uploads grows with the
+        # thread count (docs/performance.md), while a few per core keep the CPUs busy.
+        to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         # Import Celery in the background now, so that the first /readyz or
         # upload does not pay seconds of imports (and time out) on a busy machine.
         threading.Thread(target=_warm_up, name="eldefect-warm-up", daemon=True).start()

@@ -6,13 +6,11 @@ import click
 from sqlalchemy.engine import make_url
 
 from db import jobs as crud
-from db.migrate import current as migration_current
-from db.migrate import head as migration_head
-from db.migrate import upgrade as migration_upgrade
 from db.models import TokenRole
 from db.retention import count_prunable, prune_images, retention_cutoff
 from db.session import session_scope
 from eldefect.settings import Settings, get_settings
+from gateway.arenas import limit_malloc_arenas
 
 
 def _should_migrate(settings: Settings, flag: bool | None) -> bool:
@@ -38,10 +36,15 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
     """Run the HTTP gateway (uvicorn)."""
     import uvicorn
 
+    limit_malloc_arenas()  # first: before uvicorn or a migration starts a thread
     settings = get_settings()
     settings.ensure_var_dir()
     if _should_migrate(settings, migrate):
-        migration_upgrade(settings.database_url)
+        # Alembic (with Mako and Pygments, ~8 MiB resident) is imported only to migrate: a
+        # gateway on a database migrated by `eldefect db upgrade` never loads it.
+        from db.migrate import upgrade
+
+        upgrade(settings.database_url)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -116,19 +119,21 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
+    from db.migrate import current, upgrade
+
     settings = get_settings()
     settings.ensure_var_dir()
-    migration_upgrade(settings.database_url, revision)
-    click.echo(f"database at revision {migration_current(settings.database_url)}")
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at revision {current(settings.database_url)}")
 
 
 @db.command("current")
 def db_current() -> None:
     """Print the database's revision and the newest one shipped."""
+    from db.migrate import current, head
+
     settings = get_settings()
-    click.echo(
-        f"current: {migration_current(settings.database_url) or 'empty'}; head: {migration_head()}"
-    )
+    click.echo(f"current: {current(settings.database_url) or 'empty'}; head: {head()}")
 
 
 @db.command("prune")

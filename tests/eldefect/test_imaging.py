@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -183,3 +185,17 @@ def test_verify_reports_the_upright_size_of_a_turned_jpeg() -> None:
     img.save(buf, format="JPEG", exif=exif)
     info = verify_image(buf.getvalue(), max_pixels=LIMIT)
     assert (info.width, info.height) == (20, 50)
+
+
+def test_image_check_registers_only_pillows_common_decoders_and_tiff() -> None:
+    """Pillow's other ~40 plugins (AVIF and WebP libraries with them) stay unloaded."""
+    code = (
+        "import sys, eldefect.image_check\n"
+        "print(' '.join(sorted(m[4:] for m in sys.modules if m.startswith('PIL.')"
+        " and m.endswith('ImagePlugin'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    common = {"BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PngImagePlugin"}
+    assert set(out.stdout.split()) == common | {"PpmImagePlugin", "TiffImagePlugin"}

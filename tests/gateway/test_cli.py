@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from db import jobs as crud
 from db.migrate import head
 from db.session import session_scope
 from eldefect.settings import Settings, get_settings
-from gateway.cli import _should_migrate, db, token
+from gateway.cli import _should_migrate, db, gateway, token
 
 
 def test_db_upgrade_then_token_create_list_revoke(settings_env: Path) -> None:
@@ -49,6 +50,19 @@ def test_the_gateway_migrates_sqlite_by_default_but_not_postgres() -> None:
     assert _should_migrate(postgres, True) is True
     forced = Settings(database_url="sqlite:///x.db", gateway_migrate=False)  # type: ignore[call-arg]
     assert _should_migrate(forced, None) is False
+
+
+def test_the_gateway_caps_malloc_arenas_before_it_serves(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr("gateway.cli.limit_malloc_arenas", lambda: calls.append("arenas"))
+    monkeypatch.setattr("uvicorn.run", lambda *_args, **_kwargs: calls.append("serve"))
+
+    result = CliRunner().invoke(gateway, ["--no-migrate"])
+
+    assert result.exit_code == 0, result.output
+    assert calls == ["arenas", "serve"]
 
 
 def test_commands_are_registered_with_the_eldefect_cli() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi.testclient import TestClient
 
 from db.session import session_scope
@@ -174,6 +175,26 @@ def test_importing_the_gateway_leaves_torch_mlflow_and_workers_out() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+def test_the_gateway_command_leaves_alembic_out_when_it_does_not_migrate() -> None:
+    """Alembic, Mako and Pygments (~8 MiB resident) load only to migrate."""
+    code = (
+        "import sys, eldefect.cli, gateway.cli, gateway.app\n"
+        "print(','.join(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_blocking_work_runs_in_at_most_gateway_threads_threads(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(gateway_threads=3)
+    limiter = client.portal.call(to_thread.current_default_thread_limiter)  # type: ignore[union-attr]
+    assert limiter.total_tokens == 3
 
 
 def test_uploads_leave_numpy_out_of_the_gateway(settings_env: Path) -> None:
