@@ -72,7 +72,9 @@ def _ping_idle_connections(engine: Engine) -> None:
     event.listen(engine.pool, "checkout", ping_if_idle)
 
 
+@lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
+    # Cached: each sessionmaker makes a Session subclass, and every request asks for one.
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
