@@ -52,6 +52,7 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
         port=port or settings.gateway_port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        ws="none",  # no WebSocket routes: do not import a WebSocket library
     )
 
 

@@ -57,12 +57,19 @@ def test_the_gateway_caps_malloc_arenas_before_it_serves(
 ) -> None:
     calls: list[str] = []
     monkeypatch.setattr("gateway.cli.limit_malloc_arenas", lambda: calls.append("arenas"))
-    monkeypatch.setattr("uvicorn.run", lambda *_args, **_kwargs: calls.append("serve"))
+    served: dict[str, object] = {}
+
+    def serve(*_args: object, **kwargs: object) -> None:
+        calls.append("serve")
+        served.update(kwargs)
+
+    monkeypatch.setattr("uvicorn.run", serve)
 
     result = CliRunner().invoke(gateway, ["--no-migrate"])
 
     assert result.exit_code == 0, result.output
     assert calls == ["arenas", "serve"]
+    assert served["ws"] == "none"  # no WebSocket routes, so no WebSocket library loaded
 
 
 def test_commands_are_registered_with_the_eldefect_cli() -> None:
