@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ from PIL import Image
 
 from eldefect.imaging import ImageDecodeError, decode_gray, verify_image
 from tests.eldefect.images import encode, gradient, png16_rgb, png_header_only
+from tests.fresh_python import fresh_python
 
 LIMIT = 10_000_000
 
@@ -194,8 +193,6 @@ def test_image_check_registers_only_pillows_common_decoders_and_tiff() -> None:
         "print(' '.join(sorted(m[4:] for m in sys.modules if m.startswith('PIL.')"
         " and m.endswith('ImagePlugin'))))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
+    out = fresh_python(code)
     common = {"BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PngImagePlugin"}
-    assert set(out.stdout.split()) == common | {"PpmImagePlugin", "TiffImagePlugin"}
+    assert set(out.split()) == common | {"PpmImagePlugin", "TiffImagePlugin"}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from eldefect.broker import broker_options, embedded_broker_folders
 from eldefect.settings import Settings, redact_url
+from tests.fresh_python import fresh_python
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,7 +90,5 @@ def test_the_ml_core_imports_none_of_the_serving_packages() -> None:
         " & {'db', 'gateway', 'workers', 'monitoring'})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
-    )
-    assert len(modules) > 20 and out.stdout.strip() == "", f"eldefect imports {out.stdout}"
+    out = fresh_python(code, timeout=300)
+    assert len(modules) > 20 and out.strip() == "", f"eldefect imports {out}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from db.session import session_scope
 from db.workers import record_heartbeat
+from tests.fresh_python import fresh_python
 from tests.gateway import factories
 from tests.gateway.test_jobs_api import assert_error
 
@@ -171,10 +170,8 @@ def test_importing_the_gateway_leaves_torch_mlflow_and_workers_out() -> None:
         " 'eldefect.train', 'eldefect.predictor', 'numpy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == ""
+    out = fresh_python(code)
+    assert out.strip() == ""
 
 
 def test_the_gateway_command_leaves_alembic_out_when_it_does_not_migrate() -> None:
@@ -183,10 +180,8 @@ def test_the_gateway_command_leaves_alembic_out_when_it_does_not_migrate() -> No
         "import sys, eldefect.cli, gateway.cli, gateway.app\n"
         "print(','.join(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == ""
+    out = fresh_python(code)
+    assert out.strip() == ""
 
 
 def test_blocking_work_runs_in_at_most_gateway_threads_threads(
@@ -224,7 +219,5 @@ def test_uploads_leave_numpy_out_of_the_gateway(settings_env: Path) -> None:
         "        client.get(answer.headers['location'], headers=auth)\n"
         "print('numpy' in sys.modules)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    out = fresh_python(code, timeout=120)
+    assert out.strip().splitlines()[-1] == "False"

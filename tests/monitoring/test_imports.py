@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.fresh_python import fresh_python
 
 MODULES = (
     "monitoring.metrics",
@@ -20,5 +19,5 @@ def test_monitoring_imports_no_workers_gateway_or_torch() -> None:
         "bad = sorted({m.split('.')[0] for m in sys.modules} & {'workers', 'gateway', 'torch'})\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"monitoring imported {out.stdout.strip()}"
+    out = fresh_python(code)
+    assert out.strip() == "", f"monitoring imported {out.strip()}"

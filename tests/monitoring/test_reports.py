@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,6 +29,7 @@ from monitoring.reports import (
     latest_reports,
     run_drift_check,
 )
+from tests.fresh_python import fresh_python
 from tests.workers.factories import make_job, make_station
 
 NAME = "el_defect_classifier"
@@ -280,7 +279,5 @@ def test_the_drift_modules_import_neither_torch_nor_serving_code() -> None:
         "heavy = [m for m in ('torch', 'mlflow', 'workers', 'gateway') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == ""
+    out = fresh_python(code)
+    assert out.strip() == ""
