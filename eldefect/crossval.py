@@ -24,7 +24,6 @@ from eldefect.config import TrainConfig
 from eldefect.labels import load_label_set
 from eldefect.metrics import (
     ClassMetrics,
-    average_precision,
     expected_calibration_error,
     per_class_metrics,
     reliability_table,
@@ -165,7 +164,6 @@ def cross_validate(
 ) -> CrossValidation:
     """Train `config` K times, each validating on one stratified fold (split seed
     `config.data.split_seed`), and gather the out-of-fold predictions."""
-    labels = list(load_label_set(config.data.labels).labels)
     folds: list[FoldResult] = []
     for i in range(k):
         fold_config = config.model_copy(deep=True)
@@ -190,17 +188,14 @@ def cross_validate(
                 targets=outcome.validation.targets,
             )
         )
-        fold = folds[-1]
-        per_class_ap = ", ".join(
-            f"{name} {average_precision(fold.probs[:, c], fold.targets[:, c]):.3f}"
-            for c, name in enumerate(labels)
-        )
+        per_class_ap = ", ".join(f"{name} {m.ap:.3f}" for name, m in outcome.per_class.items())
         # Per class, so that a run cut short still leaves each finished fold's figures.
         log.info(
             "fold %d/%d: val macro AP %.4f, kept epoch %d, %.1f min; AP %s",
             i + 1, k, outcome.metrics["best_val_macro_ap"], outcome.best_epoch,
-            fold.minutes, per_class_ap,
+            folds[-1].minutes, per_class_ap,
         )  # fmt: skip
+    labels = list(load_label_set(config.data.labels).labels)
     return CrossValidation(
         labels=labels,
         folds=folds,

@@ -50,8 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # On Redis at most one wake-up is pending per queue (eldefect/wakeups.py): a worker
         # that reserved it while draining would keep it from an idle one, so take one at a
-        # time. Elsewhere every job sends one: one batch worth in hand lets the messages of
-        # jobs another batch already took be acked as no-ops without a round trip each.
+        # time. Elsewhere every request sends its own: one batch worth in hand lets the
+        # messages of jobs another batch already took be acked as no-ops without a round trip
+        # each.
         "worker_prefetch_multiplier": 1 if coalesces(settings) else settings.batch_size,
         "task_queues": [_kombu_queue(q.value) for q in Queue],
         "task_default_queue": Queue.INFERENCE_CPU.value,
