@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy eldefect db gateway workers monitoring
+	$(BIN)/mypy eldefect db gateway workers monitoring bench tests
 
 format: $(STAMP)
 	$(BIN)/ruff format .

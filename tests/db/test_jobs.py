@@ -23,7 +23,7 @@ class Meta:
 
 
 def new_image(data: bytes = b"png-bytes", **fields: str) -> crud.NewImage:
-    return crud.NewImage(data=data, meta=Meta(), **fields)  # type: ignore[arg-type]
+    return crud.NewImage(data=data, meta=Meta(), **fields)
 
 
 @pytest.fixture

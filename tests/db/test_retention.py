@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db import jobs as crud
@@ -26,7 +26,7 @@ class Meta:
 
 
 def _submit(session: Session, station_id: str, data: bytes) -> str:
-    upload = crud.NewImage(data=data, meta=Meta())  # type: ignore[arg-type]
+    upload = crud.NewImage(data=data, meta=Meta())
     job, _ = crud.submit_job(session=session, station_id=station_id, upload=upload)
     return job.id
 
@@ -87,7 +87,7 @@ def test_prune_deletes_only_images_of_jobs_ended_before_the_cutoff(db_url: str) 
         # Still open, however old: a job's bytes are what its worker needs.
         old = lifecycle.utcnow() - timedelta(days=90)
         session.execute(
-            Job.__table__.update()
+            update(Job)
             .where(Job.id.in_([ids["old_queued"], ids["old_running"]]))
             .values(created_at=old, enqueued_at=old)
         )

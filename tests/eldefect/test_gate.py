@@ -17,7 +17,7 @@ from eldefect.labels import LabelSet
 LABELS = ["crack", "finger"]
 
 
-def scores(probs: list[list[float]], targets: list[list[int]]):  # type: ignore[no-untyped-def]
+def scores(probs: list[list[float]], targets: list[list[int]]):
     return score(np.array(probs), np.array(targets, float), LABELS, dict.fromkeys(LABELS, 0.5))
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +53,7 @@ def test_models_map_gray_batches_to_logits(arch: str) -> None:
 
 
 def test_resnet_stride_4_stem_gives_the_stride_2_feature_maps_twice_the_input() -> None:
-    stems = {
+    stems: dict[int, Any] = {  # torchvision ResNets: their stem's layers by name
         stride: build_model(ModelConfig(arch="resnet18", stem_stride=stride), 5).eval()
         for stride in (2, 4)
     }

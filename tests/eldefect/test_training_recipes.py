@@ -54,7 +54,8 @@ def test_weight_average_is_an_exponential_moving_average() -> None:
     with torch.no_grad():
         model.weight.add_(1.0)
     ema.update_parameters(model)
-    assert torch.allclose(ema.module.weight, start + 0.1)
+    weight = ema.module.weight
+    assert isinstance(weight, torch.Tensor) and torch.allclose(weight, start + 0.1)
 
 
 @pytest.mark.slow

@@ -109,6 +109,7 @@ def test_register_creates_a_new_version(production_model: ModelStore) -> None:
 
     client = mlflow.MlflowClient()
     run_id = client.get_model_version(production_model.name, production_model.v1).run_id
+    assert run_id is not None
     again = register_run(run_id, production_model.name)
     assert int(again) > int(production_model.v2)
     assert resolve_alias("no_such_model", "production") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 from fastapi.testclient import TestClient
 
 from tests.gateway import factories
@@ -11,7 +12,9 @@ from tests.gateway.conftest import issue_token, job_count
 from tests.gateway.test_jobs_api import JOB_KEYS, _db, assert_error
 
 
-def post_batch(client: TestClient, headers: dict[str, str], files: list[tuple[str, bytes]]):  # type: ignore[no-untyped-def]
+def post_batch(
+    client: TestClient, headers: dict[str, str], files: list[tuple[str, bytes]]
+) -> httpx.Response:
     return client.post(
         "/v1/batches",
         files=[("files", (name, data, "application/octet-stream")) for name, data in files],

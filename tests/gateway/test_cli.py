@@ -20,7 +20,8 @@ def test_db_upgrade_then_token_create_list_revoke(settings_env: Path) -> None:
 
     upgraded = runner.invoke(db, ["upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert head() in runner.invoke(db, ["current"]).output
+    revision = head()
+    assert revision is not None and revision in runner.invoke(db, ["current"]).output
 
     created = runner.invoke(token, ["create", "--station", "line-1"])
     assert created.exit_code == 0, created.output
@@ -42,13 +43,13 @@ def test_db_upgrade_then_token_create_list_revoke(settings_env: Path) -> None:
 
 
 def test_the_gateway_migrates_sqlite_by_default_but_not_postgres() -> None:
-    sqlite = Settings(database_url="sqlite:///var/x.db")  # type: ignore[call-arg]
-    postgres = Settings(database_url="postgresql+psycopg://u@h/db")  # type: ignore[call-arg]
+    sqlite = Settings(database_url="sqlite:///var/x.db")
+    postgres = Settings(database_url="postgresql+psycopg://u@h/db")
 
     assert _should_migrate(sqlite, None) is True
     assert _should_migrate(postgres, None) is False
     assert _should_migrate(postgres, True) is True
-    forced = Settings(database_url="sqlite:///x.db", gateway_migrate=False)  # type: ignore[call-arg]
+    forced = Settings(database_url="sqlite:///x.db", gateway_migrate=False)
     assert _should_migrate(forced, None) is False
 
 

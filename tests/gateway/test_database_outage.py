@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -24,7 +25,7 @@ def closed_port_url() -> str:
     return f"postgresql+psycopg://eldefect:{PASSWORD}@127.0.0.1:{port}/eldefect"
 
 
-REQUESTS: dict[str, Callable[[TestClient, dict[str, str]], object]] = {
+REQUESTS: dict[str, Callable[[TestClient, dict[str, str]], httpx.Response]] = {
     "submit": lambda c, h: c.post(
         "/v1/jobs", files={"file": ("a.png", factories.png8(), "image/png")}, headers=h
     ),
@@ -47,8 +48,8 @@ def test_every_endpoint_answers_503_database_unavailable_without_a_traceback(
     with caplog.at_level(logging.WARNING):
         for name, send in REQUESTS.items():
             response = send(client, headers)
-            assert_error(response, 503, "database_unavailable")  # type: ignore[arg-type]
-            assert response.headers["retry-after"], name  # type: ignore[attr-defined]
+            assert_error(response, 503, "database_unavailable")
+            assert response.headers["retry-after"], name
 
     outages = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert len(outages) == len(REQUESTS)

@@ -32,7 +32,7 @@ def _submit(client: TestClient) -> str:
 
 
 def test_broker_options_configure_the_embedded_filesystem_transport(settings_env: Path) -> None:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = Settings()
 
     options = broker_options(settings)
 
@@ -50,7 +50,7 @@ def test_broker_options_configure_the_embedded_filesystem_transport(settings_env
 
 
 def test_broker_options_leave_redis_alone() -> None:
-    settings = Settings(broker_url="redis://localhost:6379/0")  # type: ignore[call-arg]
+    settings = Settings(broker_url="redis://localhost:6379/0")
     assert broker_options(settings) == {"broker_url": "redis://localhost:6379/0"}
 
 

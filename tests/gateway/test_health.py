@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from anyio import to_thread
 from fastapi.testclient import TestClient
@@ -142,7 +143,7 @@ def test_openapi_documents_statuses_and_the_error_schema(client: TestClient) -> 
     spec = client.get("/openapi.json").json()
     error_ref = "#/components/schemas/ErrorBody"
 
-    def schema_ref(op: dict, status: str) -> str:  # type: ignore[type-arg]
+    def schema_ref(op: dict[str, Any], status: str) -> str:
         return str(op["responses"][status]["content"]["application/json"]["schema"]["$ref"])
 
     post_job = spec["paths"]["/v1/jobs"]["post"]

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -38,7 +39,7 @@ def submit(
     *,
     filename: str = "cell.png",
     fields: dict[str, str] | None = None,
-):  # type: ignore[no-untyped-def]
+):
     data = factories.png8() if data is None else data
     return client.post(
         "/v1/jobs",
@@ -48,7 +49,7 @@ def submit(
     )
 
 
-def assert_error(response, status: int, code: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
@@ -353,7 +354,7 @@ def test_streamed_body_over_the_limit_is_413_in_the_contract_shape(
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks():
         yield head
         for _ in range(40):
             yield b"\0" * 65536

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -32,7 +33,9 @@ def succeeded_job(client: TestClient, headers: dict[str, str]) -> str:
     return job_id
 
 
-def review(client: TestClient, headers: dict[str, str], job_id: str, defects: list[str], **extra):  # type: ignore[no-untyped-def]
+def review(
+    client: TestClient, headers: dict[str, str], job_id: str, defects: list[str], **extra: object
+) -> httpx.Response:
     return client.post(
         f"/v1/jobs/{job_id}/review", json={"defects": defects, **extra}, headers=headers
     )

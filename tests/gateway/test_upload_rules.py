@@ -108,7 +108,7 @@ def _batch(
     count: int,
     data: dict[str, str | list[str]] | None = None,
     key: str | None = None,
-):  # type: ignore[no-untyped-def]
+):
     headers = auth | ({"Idempotency-Key": key} if key is not None else {})
     files = [("files", (f"{i}.png", factories.png8(), "image/png")) for i in range(count)]
     return client.post("/v1/batches", files=files, data=data or {}, headers=headers)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def serve(
 
 
 def check(
-    url: str, version: str, profile: dict[str, object] = PROFILE, **overrides: object
+    url: str, version: str, *, profile: dict[str, object] = PROFILE, **overrides: object
 ) -> ReportView:
     """One scheduled check with `version` under the production alias."""
     model = ProductionModel(NAME, version, card(profile))
@@ -211,7 +212,7 @@ def test_latest_mode_takes_the_newest_results_within_max_age(db_url: str) -> Non
 
 def test_tumbling_windows_do_not_overlap_and_keep_a_batch_together(db_url: str) -> None:
     now = utcnow()
-    tumbling = {"drift_window_mode": "tumbling", "drift_window_size": 30}
+    tumbling: dict[str, Any] = {"drift_window_mode": "tumbling", "drift_window_size": 30}
     serve(db_url, version="1", level=0.5, n=10, at=now - timedelta(minutes=30))
     first = check(db_url, "1", **tumbling)
     assert first.verdict is Verdict.insufficient_data and first.n == 10

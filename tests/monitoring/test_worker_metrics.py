@@ -104,27 +104,14 @@ def test_the_sweep_marks_its_run_and_counts_worker_lost(db_url: str) -> None:
         assert (last.replace(tzinfo=UTC) if last.tzinfo is None else last) >= started
 
 
-class _Loaded:
-    name = "el_defect_classifier"
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-
-    def predict(self, images: object) -> object:
-        raise NotImplementedError
-
-    def result(self, probs_row: object) -> dict[str, object]:
-        raise NotImplementedError
-
-
 def test_model_loads_failures_and_the_version_in_service() -> None:
     versions = {"current": "4"}
     broken = {"5"}
 
-    def load(version: str) -> _Loaded:
+    def load(version: str) -> FakeModel:
         if version in broken:
             raise RuntimeError("broken artifact")
-        return _Loaded(version)
+        return FakeModel(version)
 
     cache = ModelCache(resolve=lambda: versions["current"], load=load, check_interval_s=60)
     loads, failures = (
@@ -133,7 +120,7 @@ def test_model_loads_failures_and_the_version_in_service() -> None:
     )
     try:
         cache.get()
-        assert value("eldefect_worker_model_info", name=_Loaded.name, version="4") == 1
+        assert value("eldefect_worker_model_info", name="el_defect_classifier", version="4") == 1
         assert value("eldefect_worker_model_loaded") == 1
         versions["current"] = "5"
         assert cache.check_now() is False

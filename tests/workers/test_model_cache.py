@@ -11,18 +11,8 @@ from typing import Any
 import pytest
 
 from tests.workers.conftest import TinyRegistry
+from tests.workers.test_inference import FakeModel
 from workers.model_cache import ModelCache, ModelUnavailableError
-
-
-class Loaded:
-    def __init__(self, version: str) -> None:
-        self.name, self.version = "m", version
-
-    def predict(self, images: Any) -> Any:
-        raise NotImplementedError
-
-    def result(self, probs_row: Any) -> dict[str, Any]:
-        raise NotImplementedError
 
 
 class Registry:
@@ -36,12 +26,12 @@ class Registry:
     def resolve(self) -> str | None:
         return self.version
 
-    def load(self, version: str) -> Loaded:
+    def load(self, version: str) -> FakeModel:
         self.loading.set()
         assert self.release.wait(10)
         if version in self.broken:
             raise RuntimeError(f"version {version} is broken")
-        return Loaded(version)
+        return FakeModel(version)
 
 
 def cache_for(registry: Registry, interval: float = 60.0) -> ModelCache:
@@ -106,7 +96,7 @@ class Counting(Registry):
         super().__init__(version)
         self.loads = 0
 
-    def load(self, version: str) -> Loaded:
+    def load(self, version: str) -> FakeModel:
         self.loads += 1
         return super().load(version)
 

@@ -45,7 +45,7 @@ def _open(settings: Settings) -> int:
 
 def test_a_challenger_trained_on_shuffled_labels_is_rejected_and_the_record_says_why(
     loop_settings: Settings, production_model: ModelStore, settings_env: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     bad = loop_data.write_synthetic_dataset(
         settings_env / "shuffled", n=60, seed=21, size=96, classes=loop_data.CLASSES, progress=False
     )

@@ -51,7 +51,7 @@ def test_status_prints_the_decision_and_the_numbers_behind_it(settings_env: Path
 
 def test_export_reviews_writes_a_folder_train_reads_without_the_held_back_jobs(
     settings_env: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     monkeypatch.setenv("ELDEFECT_RETRAIN_HOLDOUT_FRACTION", "0.5")
     get_settings.cache_clear()
     url = get_settings().database_url

@@ -108,8 +108,13 @@ def test_a_killed_training_worker_leaves_its_trigger_failed_not_running_forever(
     assert _trigger(settings, trigger_id).status == TriggerStatus.running  # nobody told it yet
 
     expired: list[int] = []
+
+    def trigger_failed() -> bool:
+        expired.extend(_check(settings))
+        return bool(expired)
+
     wait_until(
-        lambda: bool(expired.extend(_check(settings)) or expired),
+        trigger_failed,
         4 * LEASE_S,
         "the check to fail the trigger",
         worker.text,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +88,7 @@ def _add_reports(url: str, verdicts: list[DriftVerdict], version: str = "1") -> 
 
 
 @pytest.fixture
-def policy_settings(db_url: str, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+def policy_settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(
         database_url=db_url,
         var_dir=tmp_path,

@@ -308,7 +308,7 @@ def _running_since(url: str, before: datetime) -> list[tuple[str, datetime]]:
                 Job.status == JobStatus.running, Job.started_at <= before
             )
         ).all()
-    return [(job_id, lifecycle.as_utc(started)) for job_id, started in rows]
+    return [(job_id, lifecycle.as_utc(started)) for job_id, started in rows if started is not None]
 
 
 def _open(url: str, ids: list[str]) -> list[tuple[str, datetime | None]]:
