@@ -78,18 +78,21 @@ class RedisMarker:
         self._client: redis.Redis = redis.Redis.from_url(
             url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
         )
-        self._error = redis.RedisError
 
     def mark(self, queue: str) -> bool:
+        import redis  # already loaded by __init__: a dictionary lookup
+
         try:
             return bool(self._client.set(marker_key(queue), b"1", nx=True, px=self._ttl_ms))
-        except self._error:  # cannot tell: send, as if nothing were pending
+        except redis.RedisError:  # cannot tell: send, as if nothing were pending
             return True
 
     def clear(self, queue: str) -> None:
+        import redis
+
         try:
             self._client.delete(marker_key(queue))
-        except self._error as exc:  # the marker expires on its own within its TTL
+        except redis.RedisError as exc:  # the marker expires on its own within its TTL
             log.warning("could not clear the wake-up marker of %s (%s)", queue, exc)
 
 
