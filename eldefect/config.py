@@ -99,7 +99,12 @@ class OptimConfig(_Strict):
     selection_metric: SelectionMetric = "val_macro_ap"
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch threads; None: all cores.")
-    max_minutes: float | None = Field(None, gt=0, description="Stop after this wall time.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-time budget of the epochs: after each one, the schedule is shortened "
+        "to the epochs that fit at the pace so far, so the learning rate still decays to zero.",
+    )
     precision: Precision = Field(
         "auto", description="Autocast dtype of the forward pass; auto: bf16 where native."
     )

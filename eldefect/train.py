@@ -233,16 +233,35 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base learning rate, then cosine decay to zero, per step."""
+@dataclass
+class WarmupCosine:
+    """Linear warm-up to the base learning rate, then cosine decay to zero, per step.
 
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, warmup_steps))
-        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps))))
+    A `LambdaLR` factor; `total_steps` may be shortened while training runs (see
+    `epochs_within_budget`), and the decay then ends at the new last step.
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, self.total_steps))))
+
+
+def epochs_within_budget(
+    planned: int, done: int, elapsed_minutes: float, max_minutes: float | None
+) -> int:
+    """How many epochs the run can complete within `max_minutes` at its pace so far.
+
+    Never more than planned, never fewer than done. Shortening the schedule instead of
+    cutting it off keeps the learning-rate decay, which the kept epoch depends on: a run
+    stopped mid-schedule keeps a model trained at a high learning rate.
+    """
+    if max_minutes is None or done == 0:
+        return planned
+    per_epoch = elapsed_minutes / done
+    return max(done, min(planned, done + int((max_minutes - elapsed_minutes) / per_epoch)))
 
 
 def data_loaders(
@@ -354,11 +373,12 @@ def train(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
-    scheduler = warmup_cosine(
-        optimizer,
-        warmup_steps=int(config.optim.warmup_epochs * len(train_loader)),
-        total_steps=config.optim.epochs * len(train_loader),
+    steps_per_epoch = len(train_loader)
+    schedule = WarmupCosine(
+        warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch),
+        total_steps=config.optim.epochs * steps_per_epoch,
     )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     ema = weight_average(model, config.optim.ema_decay)
     kept = ema.module if ema is not None else model  # what is validated and shipped
@@ -379,10 +399,11 @@ def train(
         tracker.log_dict(config.model_dump(mode="json"), "config.json")
         tracker.log_text(report.summary(), "dataset_report.txt")
 
-        epochs = tqdm(
-            range(1, config.optim.epochs + 1), desc="train", unit="epoch", disable=not progress
-        )
-        for epoch in epochs:
+        planned = config.optim.epochs
+        bar = tqdm(total=planned, desc="train", unit="epoch", disable=not progress)
+        epoch = 0
+        while epoch < planned:
+            epoch += 1
             train_loss, throughput = train_one_epoch(
                 model, train_loader, criterion, optimizer, scheduler, dev,
                 epoch=epoch, progress=progress, precision=precision, ema=ema,
@@ -394,7 +415,8 @@ def train(
             if metrics[metric] > best_value:
                 best_value, best_epoch, best_thresholds = metrics[metric], epoch, thresholds
                 best_state = copy.deepcopy(kept.state_dict())
-            epochs.set_postfix(loss=f"{train_loss:.4f}", best=f"{best_value:.4f}@{best_epoch}")
+            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.4f}", best=f"{best_value:.4f}@{best_epoch}")
             log.info(
                 "epoch %d: train_loss %.4f val_loss %.4f %s %.4f (best %.4f @ %d) %.1f img/s",
                 epoch, train_loss, metrics["val_loss"], metric, metrics[metric],
@@ -404,9 +426,16 @@ def train(
                 log.info("early stop: no %s gain for %d epochs", metric, config.optim.patience)
                 break
             minutes = (time.perf_counter() - started) / 60
-            if config.optim.max_minutes and minutes > config.optim.max_minutes:
-                log.info("stopping: max_minutes=%s reached", config.optim.max_minutes)
-                break
+            fitted = epochs_within_budget(planned, epoch, minutes, config.optim.max_minutes)
+            if fitted < planned:
+                log.info(
+                    "max_minutes=%s: at %.1f min per epoch %d of %d epochs fit; "
+                    "the learning-rate schedule now ends at epoch %d",
+                    config.optim.max_minutes, minutes / epoch, fitted, planned, fitted,
+                )  # fmt: skip
+                planned, bar.total = fitted, fitted
+                schedule.total_steps = planned * steps_per_epoch
+        bar.close()
 
         # The kept model: the best epoch's weights, scored again so every number is its own.
         # In fp32, as it is served: its thresholds and figures must hold for those probabilities.
@@ -419,6 +448,8 @@ def train(
         at_half = per_class_metrics(final.probs, final.targets, names, dict.fromkeys(names, 0.5))
         summary = {f"best_{k}": v for k, v in final_metrics.items()} | {
             "best_epoch": best_epoch,
+            "epochs_run": epoch,
+            "epochs_scheduled": planned,
             "train_minutes": (time.perf_counter() - started) / 60,
         }
         summary |= peak_memory_mb(dev)

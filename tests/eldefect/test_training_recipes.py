@@ -1,4 +1,5 @@
-"""Training options aimed at speed and at rare classes: precision, weight EMA, sampling."""
+"""Training options aimed at speed and at rare classes: precision, weight EMA, sampling, and
+the time budget that shortens the schedule."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from torch import nn
 
 from eldefect.config import load_train_config
 from eldefect.precision import autocast, bf16_is_native, resolve_precision
-from eldefect.train import balanced_sample_weights, train, weight_average
+from eldefect.train import (
+    WarmupCosine,
+    balanced_sample_weights,
+    epochs_within_budget,
+    train,
+    weight_average,
+)
 
 CONFIG = Path(__file__).parents[2] / "configs/train/synthetic.yaml"
 
@@ -77,3 +84,28 @@ def test_the_synthetic_classes_are_learned_with_each_option(
     # Six short epochs: ~0.71 with each option when written; an untrained model scores the
     # classes' prevalence (~0.2-0.4), so this fails if an option breaks learning.
     assert outcome.metrics["best_val_macro_ap"] >= 0.6, outcome.metrics
+
+
+def test_the_budget_shortens_the_schedule_to_the_epochs_that_fit() -> None:
+    assert epochs_within_budget(36, 1, 2.0, None) == 36  # no budget
+    assert epochs_within_budget(36, 1, 0.5, 28) == 36  # 0.5 min per epoch: all 36 fit
+    assert epochs_within_budget(36, 1, 2.0, 28) == 14  # 1 done + 13 more in the 26 left
+    assert epochs_within_budget(36, 10, 20.0, 28) == 14  # the pace is the mean so far
+    assert epochs_within_budget(36, 5, 30.0, 28) == 5  # over budget: stop where it is
+
+
+def test_a_shortened_schedule_still_decays_to_zero_at_its_new_end() -> None:
+    schedule = WarmupCosine(warmup_steps=10, total_steps=100)
+    assert schedule(0) == pytest.approx(0.1)  # warming up
+    assert schedule(50) == pytest.approx(0.5)
+    schedule.total_steps = 60
+    assert schedule(30) == pytest.approx(0.5) and schedule(60) == pytest.approx(0.0)
+
+
+def test_a_run_over_its_budget_ends_its_schedule_and_says_so(settings_env: Path) -> None:
+    config = load_train_config(CONFIG)
+    config.data.synthetic_n = 40
+    config.optim.epochs = 5
+    config.optim.max_minutes = 1e-6  # spent by the first epoch
+    outcome = train(config, progress=False)
+    assert outcome.metrics["epochs_run"] == outcome.metrics["epochs_scheduled"] == 1
