@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from eldefect.config import load_train_config
 from eldefect.data.cache import ImageCache
 from eldefect.data.readers import read_elpv, read_voc
 from eldefect.labels import load_label_set
+from eldefect.precision import resolve_precision
 from eldefect.train import train
 
 pytestmark = pytest.mark.real_data
@@ -35,41 +38,65 @@ def test_elpv_reads_every_cell(real_data: Path) -> None:
     assert 0.2 < rate < 0.5  # defective (p >= 0.5) is the minority
 
 
-# Per-class AP of the shipped config over the folds of its 5-fold CV (docs/training.md,
-# "Cross-validated figures"): (lowest fold, mean, std). A class's floor is the lower of
-# "lowest fold minus MARGIN" and "mean minus two std", clipped at 0: one fold's figure (fold 0
-# is the one trained here) says little about `broken`, whose AP moves ~0.1 between seeds, and a
-# CI runner without native bf16 trains in fp32.
-CV_AP = {
-    "hot_spot": (0.905, 0.949, 0.031),
-    "scratch": (0.946, 0.968, 0.013),
-    "black_border": (0.975, 0.987, 0.006),
-    "no_electricity": (0.989, 0.998, 0.005),
-    "broken": (0.646, 0.791, 0.102),
-}
+@dataclass(frozen=True)
+class FoldCheck:
+    """The recipe a CI machine can afford on fold 0, and its per-class AP over the folds of
+    its own 5-fold CV (docs/training.md): class -> (lowest fold, mean, std)."""
+
+    epochs: int
+    cv_ap: dict[str, tuple[float, float, float]]
+
+
+# With native bf16 the shipped recipe itself (36 epochs). In fp32 it takes about an hour a
+# fold on 2 cores, so CPUs without bf16 train the same config for 6 epochs, which learns
+# four classes and not `broken` (its floor is near the prevalence: nothing to guard there).
+SHIPPED = FoldCheck(  # 10 to 15 minutes on 2 cores in bf16
+    36,
+    {
+        "hot_spot": (0.905, 0.949, 0.031),
+        "scratch": (0.946, 0.968, 0.013),
+        "black_border": (0.975, 0.987, 0.006),
+        "no_electricity": (0.989, 0.998, 0.005),
+        "broken": (0.646, 0.791, 0.102),
+    },
+)
+SHORT_FP32 = FoldCheck(  # 10 to 11 minutes on 2 cores in fp32
+    6,
+    {
+        "hot_spot": (0.887, 0.933, 0.025),
+        "scratch": (0.905, 0.932, 0.018),
+        "black_border": (0.762, 0.847, 0.051),
+        "no_electricity": (0.958, 0.980, 0.014),
+        "broken": (0.100, 0.310, 0.138),
+    },
+)
 MARGIN = 0.05
 
 
-def ap_floor(name: str) -> float:
-    lowest, mean, std = CV_AP[name]
+def ap_floor(check: FoldCheck, name: str) -> float:
+    """The lower of "lowest fold minus MARGIN" and "mean minus two std", clipped at 0: one
+    fold's figure (fold 0 is the one trained here) says little about `broken`, whose AP moves
+    ~0.1 between folds."""
+    lowest, mean, std = check.cv_ap[name]
     return max(0.0, min(lowest - MARGIN, mean - 2 * std))
 
 
 @pytest.mark.slow
-# 10 to 15 min on 2 cores with bf16; the config's max_minutes (28) bounds a busy or fp32 run,
-# which the suite's default 900 s timeout would cut first.
 @pytest.mark.timeout(1800)
 def test_shipped_config_meets_the_cv_floors_on_a_held_out_fold(
     real_data: Path, settings_env: Path
 ) -> None:
     """The shipped recipe, trained on four folds, scores each class on the fifth at least as
-    well as the cross-validation says it should (10 to 15 min on 2 cores with bf16)."""
+    well as the cross-validation of what was trained says it should."""
     config = load_train_config(CONFIG)
+    native = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    check = SHIPPED if native else SHORT_FP32
     config.data.folds, config.data.fold = 5, 0
+    config.optim.epochs = check.epochs
     outcome = train(config, data_root=real_data / "pv-multi-defect", progress=False)
-    assert outcome.card.labels == list(CV_AP)
+    assert outcome.card.labels == list(check.cv_ap)
     assert outcome.metrics["peak_rss_mb"] > 0
     aps = {name: m.ap for name, m in outcome.per_class.items()}
-    floors = {name: round(ap_floor(name), 3) for name in CV_AP}
+    floors = {name: round(ap_floor(check, name), 3) for name in check.cv_ap}
     below = {name: (round(ap, 3), floors[name]) for name, ap in aps.items() if ap < floors[name]}
-    assert not below, f"AP under its CV floor (AP, floor): {below}; all: {aps}"
+    assert not below, f"{check.epochs} epochs: AP under its CV floor (AP, floor): {below}; {aps}"
