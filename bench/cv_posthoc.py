@@ -28,6 +28,7 @@ from eldefect.data.cache import ImageCache
 from eldefect.data.split import validation_split
 from eldefect.labels import load_label_set
 from eldefect.metrics import average_precision, expected_calibration_error
+from eldefect.preprocess import InputSpec, normalize
 from eldefect.settings import get_settings
 from eldefect.train import load_samples
 
@@ -54,14 +55,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     opts = parser.parse_args()
     config, settings = load_train_config(opts.config), get_settings()
-    names = list(load_label_set(config.data.labels).labels)
-    samples, _ = load_samples(
-        config, load_label_set(config.data.labels), opts.data, settings.ensure_var_dir()
-    )
+    labels = load_label_set(config.data.labels)
+    names = list(labels.labels)
+    samples, _ = load_samples(config, labels, opts.data, settings.ensure_var_dir())
     cache = ImageCache.build(
         samples, config.input.size, max_pixels=settings.max_image_pixels, progress=False
     )
     targets = cache.targets.numpy()
+    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
     runs = {
         r.info.run_name: r
         for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -83,7 +84,7 @@ def main() -> None:
             folds=k, fold=i,
         )  # fmt: skip
         fold_of[val_idx] = i
-        x = (cache.images[val_idx].float() - config.input.mean) / config.input.std
+        x = normalize(cache.images[val_idx].float(), spec)
         with torch.inference_mode():
             out = {
                 dims: model(torch.flip(x, dims) if dims else x).float()
