@@ -46,6 +46,13 @@ class Proc:
             time.sleep(0.1)
         raise AssertionError(f"{needle!r} not seen in {timeout} s:\n{self.text()[-3000:]}")
 
+    def pause(self) -> None:
+        """SIGSTOP the whole process group: it holds whatever it holds until resumed or killed."""
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the whole process group: no clean shutdown, no ack."""
         if self.popen.poll() is None:

@@ -272,14 +272,20 @@ def test_a_killed_workers_leases_are_back_in_service_within_lease_plus_one_sweep
     survivor = start_worker(tmp_path, "survivor", ELDEFECT_BATCH_SIZE="16")
     try:
         ids = submit(url, [png_bytes(i) for i in range(500)])
+        # More running jobs than the survivor can hold means the victim is mid-batch. It is
+        # frozen before it is counted, so that it cannot finish the batch between count and kill.
         deadline = time.monotonic() + 60
-        while _running(url) <= 16:  # both hold leases: the victim is in the middle of a batch
+        while True:
             assert time.monotonic() < deadline, "never saw the victim holding a batch"
+            if _running(url) > 16:
+                victim.pause()
+                leased = [job_id for job_id, _ in _running_since(url, lifecycle.utcnow())]
+                if len(leased) > 16:
+                    break
+                victim.resume()
             time.sleep(0.005)
         victim.kill()
         killed_at, killed_mono = lifecycle.utcnow(), time.monotonic()
-        leased = [job_id for job_id, _ in _running_since(url, killed_at)]
-        assert len(leased) > 16
 
         def back_in_service() -> bool:  # finished, queued again, or claimed again since
             return all(started is None or started > killed_at for _, started in _open(url, leased))
