@@ -50,7 +50,7 @@ class FoldCheck:
 # With native bf16 the shipped recipe itself (36 epochs). In fp32 it takes about an hour a
 # fold on 2 cores, so CPUs without bf16 train the same config for 6 epochs, which learns
 # four classes and not `broken` (its floor is near the prevalence: nothing to guard there).
-SHIPPED = FoldCheck(  # 10 to 15 minutes on 2 cores in bf16
+SHIPPED = FoldCheck(  # 7 to 15 minutes on 2 cores in bf16 (two machines so far)
     36,
     {
         "hot_spot": (0.905, 0.949, 0.031),
