@@ -31,6 +31,7 @@ import aiohttp
 import httpx
 
 ENDED = ("succeeded", "failed")
+PATHS = {"eldefect": "/v1/jobs", "predict": "/predict", "invocations": "/invocations"}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -55,18 +56,19 @@ class Load:
         self.deadline = 0.0
         self.last_end = 0.0
 
-    def _next(self) -> tuple[bytes, str] | None:
+    def _next(self) -> tuple[bytes, dict[str, str]] | None:
         if self.issued >= self.opts.jobs or time.monotonic() >= self.deadline:
             return None
         self.issued += 1
         return self.files[self.issued % len(self.files)]
 
-    async def _one(self, client: aiohttp.ClientSession, data: bytes, content_type: str) -> str:
+    async def _one(
+        self, client: aiohttp.ClientSession, data: bytes, headers: dict[str, str]
+    ) -> str:
         mode = self.opts.mode
-        path = {"invocations": "/invocations", "predict": "/predict", "eldefect": "/v1/jobs"}[mode]
         started = time.perf_counter()
         # Every body is read to its end: aiohttp closes a connection whose body was not.
-        async with client.post(path, data=data, headers={"Content-Type": content_type}) as answer:
+        async with client.post(PATHS[mode], data=data, headers=headers) as answer:
             status, payload = answer.status, await answer.read()
         if mode != "eldefect" or status not in (200, 202):
             return "succeeded" if status == 200 else f"http_{status}"
@@ -125,20 +127,20 @@ class Load:
         }
 
 
-def body(mode: str, path: Path) -> tuple[bytes, str]:
-    """The request body for one file and its content type: the file as it is for
+def body(mode: str, path: Path) -> tuple[bytes, dict[str, str]]:
+    """The request body for one file and its Content-Type header: the file as it is for
     `invocations` (a prepared JSON body), else a multipart form with the file as `file`."""
     data = path.read_bytes()
     if mode == "invocations":
-        return data, "application/json"
+        return data, {"Content-Type": "application/json"}
     form = httpx.Request("POST", "http://station", files={"file": (path.name, data)})
-    return form.read(), form.headers["Content-Type"]
+    return form.read(), {"Content-Type": form.headers["Content-Type"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--mode", choices=["eldefect", "predict", "invocations"], required=True)
+    parser.add_argument("--mode", choices=list(PATHS), required=True)
     parser.add_argument("--token", default="")
     parser.add_argument("--files", type=Path, required=True, help="A folder of request bodies.")
     parser.add_argument("--stations", type=int, default=1)
