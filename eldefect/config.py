@@ -42,6 +42,12 @@ class DataConfig(_Strict):
     labels: str = Field("pvel_ad", description="Shipped label set name or a YAML path.")
     ignore_unknown_labels: bool = False
     missing_annotation: Literal["skip", "negative"] = "skip"
+    soft_targets: bool = Field(
+        False,
+        description="Train on the labellers' confidence where the dataset records one (ELPV: "
+        "the expert's defect probability, 0, 1/3, 2/3 or 1) instead of the 0/1 target; "
+        "validation, thresholds and metrics always score the 0/1 target.",
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     # Cross-validation: validate on fold `fold` of `folds` stratified folds (val_fraction is

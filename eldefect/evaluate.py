@@ -15,9 +15,13 @@ from eldefect.labels import LabelSet
 from eldefect.metrics import (
     ClassMetrics,
     Interval,
+    LevelRow,
     bootstrap_intervals,
+    confidence_levels,
+    exact_match,
     expected_calibration_error,
     format_intervals,
+    format_levels,
     format_table,
     macro,
     per_class_metrics,
@@ -38,9 +42,21 @@ class Evaluation:
     intervals: dict[str, dict[str, Interval]]
     calibration_error: dict[str, float]
     runtime: str  # what computed the probabilities (eldefect.predictor backends)
+    # Share of images with every label right, at the tuned thresholds and at 0.5.
+    accuracy: float
+    accuracy_at_half: float
+    # One-target data with labelled confidence levels (ELPV): the scores level by level.
+    levels: list[LevelRow] | None = None
 
     def metrics(self) -> dict[str, float]:
-        out = {"n_images": float(self.n_images)}
+        out = {
+            "n_images": float(self.n_images),
+            "accuracy": self.accuracy,
+            "at_0.5_accuracy": self.accuracy_at_half,
+        }
+        if self.levels:
+            total = sum(r.count for r in self.levels)
+            out["level_accuracy"] = sum(r.nearest * r.count for r in self.levels) / total
         for prefix, table in (("", self.tuned), ("at_0.5_", self.at_half)):
             for field in ("ap", "recall", "precision", "f1"):
                 out[f"{prefix}macro_{field}"] = macro(table, field)
@@ -64,6 +80,13 @@ class Evaluation:
             + "\n\n"
             + format_table(self.at_half, "threshold 0.5")
             + f"\n\nexpected calibration error (10 bins): {ece}"
+            + f"\naccuracy (every label right): {self.accuracy:.3f} at the tuned thresholds, "
+            f"{self.accuracy_at_half:.3f} at 0.5"
+            + (
+                "\n\n" + format_levels(self.levels, "by labelled confidence (share of images)")
+                if self.levels
+                else ""
+            )
         )
 
 
@@ -106,6 +129,11 @@ def evaluate_model(
     )
     targets = np.stack([s.target for s in samples])
     names, thresholds = predictor.labels, predictor.thresholds
+    cuts = [thresholds[name] for name in names]
+    levels = None
+    known = [s.confidence for s in samples if s.confidence is not None]
+    if len(names) == 1 and samples and len(known) == len(samples):
+        levels = confidence_levels(probs[:, 0], np.concatenate(known), cuts[0])
     result = Evaluation(
         per_class_metrics(probs, targets, names, thresholds),
         per_class_metrics(probs, targets, names, dict.fromkeys(names, 0.5)),
@@ -116,6 +144,9 @@ def evaluate_model(
             for i, name in enumerate(names)
         },
         predictor.backend,
+        exact_match(probs, targets, cuts),
+        exact_match(probs, targets, [0.5] * len(names)),
+        levels,
     )
     if log_to_mlflow:
         with mlflow.start_run(run_name="evaluate", tags={"eldefect_kind": "evaluate"}):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eldefect.metrics import macro, per_class_metrics
+from eldefect.metrics import exact_match, macro, per_class_metrics
 
 if TYPE_CHECKING:
     from eldefect.predictor import Predictor
@@ -60,12 +60,10 @@ def score(
     """Scores of (N, C) probabilities against (N, C) multi-hot targets."""
     assert probs.shape == targets.shape, f"probs {probs.shape} vs targets {targets.shape}"
     per_class = per_class_metrics(probs, targets, labels, thresholds)
-    cut = np.array([thresholds[name] for name in labels])
-    exact = ((probs >= cut) == (targets > 0)).all(axis=1) if len(probs) else np.zeros(0)
     return SetScores(
         n_images=len(probs),
         macro_ap=macro(per_class, "ap"),
-        accuracy=float(exact.mean()) if len(exact) else math.nan,
+        accuracy=exact_match(probs, targets, [thresholds[name] for name in labels]),
         ap={name: m.ap for name, m in per_class.items()},
         recall={name: m.recall for name, m in per_class.items()},
         precision={name: m.precision for name, m in per_class.items()},

@@ -50,6 +50,13 @@ def per_class_metrics(
     }
 
 
+def exact_match(probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[float]) -> float:
+    """Share of images with every label right at the given per-class thresholds."""
+    if not len(probs):
+        return float("nan")
+    return float(((probs >= np.asarray(thresholds)) == (targets > 0)).all(axis=1).mean())
+
+
 def macro(per_class: Mapping[str, ClassMetrics], field: str) -> float:
     values = [getattr(m, field) for m in per_class.values() if m.support > 0]
     return float(np.mean(values)) if values else float("nan")
@@ -186,6 +193,57 @@ def format_intervals(
     means = "".join(f"{macro(per_class, f):>7.3f}{'':>15}" for f in ("ap", "recall", "precision"))
     rows.append(f"{'macro':<24}{means}")
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class LevelRow:
+    """Images whose labellers gave one confidence level (ELPV: 0, 1/3, 2/3 or 1)."""
+
+    level: float
+    count: int
+    flagged_at_half: float  # share with a probability >= 0.5
+    flagged_tuned: float  # share at or above the tuned threshold
+    nearest: float  # share whose probability is nearer this level than any other level
+
+
+def confidence_levels(
+    scores: np.ndarray, confidences: np.ndarray, threshold: float
+) -> list[LevelRow]:
+    """One target's scores broken down by the labellers' confidence level.
+
+    `nearest` reads the probability as an estimate of the labellers' confidence (a model trained
+    on `data.soft_targets` is fitted to exactly that), which makes it a many-level classifier.
+    """
+    levels = np.unique(confidences)
+    nearest = levels[np.abs(scores[:, None] - levels[None, :]).argmin(axis=1)]
+    rows = []
+    for level in levels:
+        inside = confidences == level
+        rows.append(
+            LevelRow(
+                level=float(level),
+                count=int(inside.sum()),
+                flagged_at_half=float((scores[inside] >= 0.5).mean()),
+                flagged_tuned=float((scores[inside] >= threshold).mean()),
+                nearest=float((nearest[inside] == level).mean()),
+            )
+        )
+    return rows
+
+
+def format_levels(rows: Sequence[LevelRow], title: str = "") -> str:
+    head = f"{'labelled confidence':<22}{'images':>8}{'>= 0.5':>9}{'>= tuned':>10}{'nearest':>9}"
+    lines = [title, head] if title else [head]
+    for r in rows:
+        lines.append(
+            f"{r.level:<22.3f}{r.count:>8d}{r.flagged_at_half:>9.3f}{r.flagged_tuned:>10.3f}"
+            f"{r.nearest:>9.3f}"
+        )
+    total = sum(r.count for r in rows)
+    if total:
+        overall = sum(r.nearest * r.count for r in rows) / total
+        lines.append(f"{'all levels':<22}{total:>8d}{'':>19}{overall:>9.3f}")
+    return "\n".join(lines)
 
 
 def format_table(per_class: Mapping[str, ClassMetrics], title: str = "") -> str:

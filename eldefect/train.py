@@ -269,7 +269,9 @@ def data_loaders(
 ) -> tuple[DataLoader, DataLoader]:
     spec = InputSpec(config.input.size, config.input.mean, config.input.std)
     augment = build_augmentation(config.augment)  # training split only
-    train_ds = CachedDataset(cache, train_idx, spec=spec, augment=augment)
+    train_ds = CachedDataset(
+        cache, train_idx, spec=spec, augment=augment, confidences=config.data.soft_targets
+    )
     val_ds = CachedDataset(cache, val_idx, spec=spec)
     batch = config.optim.batch_size
     generator = torch.Generator().manual_seed(config.optim.seed)

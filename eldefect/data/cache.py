@@ -29,6 +29,7 @@ NEAR_BLACK_P90 = 0.03
 class ImageCache:
     images: torch.Tensor  # (N, 1, S, S) float16, 0..1, resized only
     targets: torch.Tensor  # (N, C) float32
+    confidences: torch.Tensor  # (N, C) float32: the labellers' confidence, else the targets
     stats: list[dict[str, float]]
     paths: list[Path]
     unreadable: list[str] = field(default_factory=list)
@@ -38,7 +39,7 @@ class ImageCache:
     def build(
         cls, samples: Sequence[Sample], size: int, *, max_pixels: int, progress: bool = True
     ) -> ImageCache:
-        images, targets, stats, paths = [], [], [], []
+        images, targets, confidences, stats, paths = [], [], [], [], []
         unreadable, near_black = [], []
         for sample in tqdm(samples, desc="decode", unit="img", disable=not progress):
             try:
@@ -52,6 +53,8 @@ class ImageCache:
                 near_black.append(sample.path.name)
             images.append(resize(gray, size).to(torch.float16))
             targets.append(torch.from_numpy(sample.target))
+            confidence = sample.target if sample.confidence is None else sample.confidence
+            confidences.append(torch.from_numpy(confidence))
             stats.append(row)
             paths.append(sample.path)
         if not images:
@@ -65,14 +68,26 @@ class ImageCache:
                 NEAR_BLACK_P90,
                 near_black[:5],
             )
-        return cls(torch.stack(images), torch.stack(targets), stats, paths, unreadable, near_black)
+        return cls(
+            torch.stack(images),
+            torch.stack(targets),
+            torch.stack(confidences),
+            stats,
+            paths,
+            unreadable,
+            near_black,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
 class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """A view of some cache rows, with optional augmentation, normalised for the model."""
+    """A view of some cache rows, with optional augmentation, normalised for the model.
+
+    With `confidences` the rows carry the labellers' confidence as their target (a soft label
+    for the loss) instead of the 0/1 target.
+    """
 
     def __init__(
         self,
@@ -81,9 +96,11 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
         *,
         spec: InputSpec,
         augment: torch.nn.Module | None = None,
+        confidences: bool = False,
     ) -> None:
         self.cache, self.indices, self.augment = cache, indices, augment
         self.spec = spec
+        self.targets = cache.confidences if confidences else cache.targets
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -94,4 +111,4 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
         if self.augment is not None:
             x = self.augment(x).clamp_(0.0, 1.0)
         # The same normalise as serving (eldefect.preprocess), after the augmentation.
-        return normalize(x, self.spec), self.cache.targets[j]
+        return normalize(x, self.spec), self.targets[j]

@@ -31,6 +31,9 @@ class DatasetError(ValueError):
 class Sample:
     path: Path
     target: np.ndarray  # (C,) float32 multi-hot
+    # The labellers' confidence per class where the dataset records one (ELPV's defect
+    # probability); `target` is it thresholded at 0.5.
+    confidence: np.ndarray | None = None
 
 
 @dataclass
@@ -150,6 +153,7 @@ def read_elpv(
             if not path.is_file():
                 report.unreadable_images.append(row[0])
                 continue
-            samples.append(Sample(path, np.array([probability >= 0.5], np.float32)))
+            confidence = np.array([probability], np.float32)
+            samples.append(Sample(path, (confidence >= 0.5).astype(np.float32), confidence))
     log.info("read %s: %s", root, report.summary())
     return samples, report

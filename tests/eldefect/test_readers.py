@@ -68,6 +68,8 @@ def test_elpv_defective_means_probability_at_least_half(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     samples, report = read_elpv(tmp_path, LabelSet("elpv", ("defective",)))
     assert [s.target.tolist() for s in samples] == [[0], [0], [1], [1]]
+    confidences = [float(s.confidence[0]) for s in samples if s.confidence is not None]
+    assert confidences == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert report.unreadable_images == ["images/missing.png"]
 
 

@@ -8,7 +8,10 @@ from eldefect.metrics import (
     average_precision,
     bootstrap_intervals,
     class_metrics,
+    confidence_levels,
+    exact_match,
     expected_calibration_error,
+    format_levels,
     tune_thresholds,
 )
 
@@ -92,3 +95,22 @@ def test_bootstrap_intervals_hold_the_estimate_and_narrow_with_more_images() -> 
         return ci["ap"].high - ci["ap"].low
 
     assert width(2000) < width(80)
+
+
+def test_exact_match_needs_every_label_right() -> None:
+    probs = np.array([[0.9, 0.1], [0.9, 0.6], [0.2, 0.1]])
+    targets = np.array([[1, 0], [1, 0], [1, 0]])
+    assert exact_match(probs, targets, [0.5, 0.5]) == pytest.approx(1 / 3)
+    assert exact_match(probs, targets, [0.1, 0.7]) == pytest.approx(1.0)
+
+
+def test_confidence_levels_by_hand() -> None:
+    scores = np.array([0.1, 0.6, 0.3, 0.5, 0.7, 0.95])
+    levels = np.array([0.0, 0.0, 1 / 3, 1 / 3, 1.0, 1.0])
+    rows = confidence_levels(scores, levels, threshold=0.65)
+    assert [(r.level, r.count) for r in rows] == [(0.0, 2), (1 / 3, 2), (1.0, 2)]
+    assert [r.flagged_at_half for r in rows] == [0.5, 0.5, 1.0]
+    assert [r.flagged_tuned for r in rows] == [0.0, 0.0, 1.0]
+    # Nearest of {0, 1/3, 1}: 0.1 -> 0, 0.6 -> 1/3, 0.3 -> 1/3, 0.5 -> 1/3, 0.7 -> 1, 0.95 -> 1.
+    assert [r.nearest for r in rows] == [0.5, 1.0, 1.0]
+    assert "all levels" in format_levels(rows)

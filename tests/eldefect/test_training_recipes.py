@@ -1,5 +1,5 @@
-"""Training options aimed at speed and at rare classes: precision, weight EMA, sampling, and
-the time budget that shortens the schedule."""
+"""Training options aimed at speed and at rare classes: precision, weight EMA, sampling, the
+time budget that shortens the schedule, and soft targets from labelled confidences."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
-from eldefect.config import load_train_config
+from eldefect.config import (
+    AugmentConfig,
+    DataConfig,
+    InputConfig,
+    ModelConfig,
+    OptimConfig,
+    ServingConfig,
+    TrainConfig,
+    load_train_config,
+)
+from eldefect.data.cache import CachedDataset, ImageCache
+from eldefect.data.readers import read_elpv
+from eldefect.evaluate import evaluate_model
+from eldefect.labels import load_label_set
 from eldefect.precision import autocast, bf16_is_native, resolve_precision
+from eldefect.preprocess import InputSpec
 from eldefect.train import (
     WarmupCosine,
     balanced_sample_weights,
@@ -109,3 +124,63 @@ def test_a_run_over_its_budget_ends_its_schedule_and_says_so(settings_env: Path)
     config.optim.max_minutes = 1e-6  # spent by the first epoch
     outcome = train(config, progress=False)
     assert outcome.metrics["epochs_run"] == outcome.metrics["epochs_scheduled"] == 1
+
+
+def write_elpv_folder(root: Path, levels: list[float]) -> Path:
+    """An ELPV-layout folder: one small cell per level, brighter the surer its defect."""
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, level in enumerate(levels):
+        pixels = rng.normal(60 + 120 * level, 20, (32, 32)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"cell{i:04d}.png")
+        lines.append(f"images/cell{i:04d}.png {level} mono")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+LEVELS = [0.0, 1 / 3, 2 / 3, 1.0] * 12
+
+
+def test_soft_targets_are_the_labelled_confidence_and_only_for_training(tmp_path: Path) -> None:
+    root = write_elpv_folder(tmp_path / "elpv", LEVELS[:8])
+    samples, _ = read_elpv(root, load_label_set("elpv"))
+    cache = ImageCache.build(samples, 32, max_pixels=10**6, progress=False)
+    spec = InputSpec(32, 0.5, 0.25)
+    soft = CachedDataset(cache, np.arange(8), spec=spec, confidences=True)
+    hard = CachedDataset(cache, np.arange(8), spec=spec)
+    assert [round(float(soft[i][1]), 3) for i in range(4)] == [0.0, 0.333, 0.667, 1.0]
+    assert [float(hard[i][1]) for i in range(4)] == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_a_soft_target_run_is_scored_on_the_0_1_target_and_by_level(
+    settings_env: Path, tmp_path: Path
+) -> None:
+    root = write_elpv_folder(tmp_path / "elpv", LEVELS)
+    config = TrainConfig(
+        name="elpv-soft",
+        data=DataConfig(format="elpv", labels="elpv", val_fraction=0.25, soft_targets=True),
+        input=InputConfig(size=32, mean=0.5, std=0.25),
+        model=ModelConfig(arch="cnn", width=8, depth=2),
+        augment=AugmentConfig(enabled=False),
+        optim=OptimConfig(epochs=2, batch_size=8, threads=2),
+        serving=ServingConfig(int8=False),
+    )
+    outcome = train(config, data_root=root, progress=False)
+    assert set(np.unique(outcome.validation.targets)) <= {0.0, 1.0}
+    val_levels = np.array(LEVELS)[outcome.val_idx]
+    assert outcome.per_class["defective"].support == int((val_levels >= 0.5).sum())
+
+    result = evaluate_model(
+        outcome.model_uri, root, data_format="elpv", backend="torch", log_to_mlflow=False
+    )
+    assert result.levels is not None
+    assert [(round(r.level, 3), r.count) for r in result.levels] == [
+        (0.0, 12),
+        (0.333, 12),
+        (0.667, 12),
+        (1.0, 12),
+    ]
+    assert 0.0 <= result.accuracy <= 1.0 and "level_accuracy" in result.metrics()
+    assert "by labelled confidence" in result.report()
