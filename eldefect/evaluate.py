@@ -23,6 +23,7 @@ from eldefect.metrics import (
     format_intervals,
     format_levels,
     format_table,
+    level_accuracy,
     macro,
     per_class_metrics,
 )
@@ -55,8 +56,7 @@ class Evaluation:
             "at_0.5_accuracy": self.accuracy_at_half,
         }
         if self.levels:
-            total = sum(r.count for r in self.levels)
-            out["level_accuracy"] = sum(r.nearest * r.count for r in self.levels) / total
+            out["level_accuracy"] = level_accuracy(self.levels)
         for prefix, table in (("", self.tuned), ("at_0.5_", self.at_half)):
             for field in ("ap", "recall", "precision", "f1"):
                 out[f"{prefix}macro_{field}"] = macro(table, field)

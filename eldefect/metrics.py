@@ -231,6 +231,12 @@ def confidence_levels(
     return rows
 
 
+def level_accuracy(rows: Sequence[LevelRow]) -> float:
+    """Share of all images whose probability is nearest their own labelled level."""
+    total = sum(r.count for r in rows)
+    return sum(r.nearest * r.count for r in rows) / total if total else float("nan")
+
+
 def format_levels(rows: Sequence[LevelRow], title: str = "") -> str:
     head = f"{'labelled confidence':<22}{'images':>8}{'>= 0.5':>9}{'>= tuned':>10}{'nearest':>9}"
     lines = [title, head] if title else [head]
@@ -240,9 +246,7 @@ def format_levels(rows: Sequence[LevelRow], title: str = "") -> str:
             f"{r.nearest:>9.3f}"
         )
     total = sum(r.count for r in rows)
-    if total:
-        overall = sum(r.nearest * r.count for r in rows) / total
-        lines.append(f"{'all levels':<22}{total:>8d}{'':>19}{overall:>9.3f}")
+    lines.append(f"{'all levels':<22}{total:>8d}{'':>19}{level_accuracy(rows):>9.3f}")
     return "\n".join(lines)
 
 
