@@ -24,6 +24,7 @@ from eldefect.config import TrainConfig
 from eldefect.labels import load_label_set
 from eldefect.metrics import (
     ClassMetrics,
+    exact_match,
     expected_calibration_error,
     per_class_metrics,
     reliability_table,
@@ -78,17 +79,31 @@ class CrossValidation:
         """Tuned on every out-of-fold prediction: the thresholds the final model ships."""
         return self._tune(self.oof_probs, self.oof_targets)
 
+    def _thresholds_of_others(self, i: int) -> dict[str, float]:
+        others = [f for j, f in enumerate(self.folds) if j != i]
+        return self._tune(
+            np.concatenate([f.probs for f in others]),
+            np.concatenate([f.targets for f in others]),
+        )
+
     def per_fold(self) -> list[dict[str, ClassMetrics]]:
         """Each fold scored at thresholds tuned on the other folds' OOF predictions."""
-        out = []
+        return [
+            per_class_metrics(fold.probs, fold.targets, self.labels, self._thresholds_of_others(i))
+            for i, fold in enumerate(self.folds)
+        ]
+
+    def accuracy(self) -> dict[str, dict[str, float]]:
+        """Every label right, per fold, at 0.5 and at the other folds' thresholds: mean, std."""
+        at_half, tuned = [], []
         for i, fold in enumerate(self.folds):
-            others = [f for j, f in enumerate(self.folds) if j != i]
-            thresholds = self._tune(
-                np.concatenate([f.probs for f in others]),
-                np.concatenate([f.targets for f in others]),
-            )
-            out.append(per_class_metrics(fold.probs, fold.targets, self.labels, thresholds))
-        return out
+            others = self._thresholds_of_others(i)
+            at_half.append(exact_match(fold.probs, fold.targets, [0.5] * len(self.labels)))
+            tuned.append(exact_match(fold.probs, fold.targets, [others[n] for n in self.labels]))
+        return {
+            name: {"mean": float(np.mean(values)), "std": float(np.std(values))}
+            for name, values in (("at_0.5", at_half), ("tuned", tuned))
+        }
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """class -> metric -> {mean, std, min} over folds (folds without positives skipped)."""
@@ -122,6 +137,7 @@ class CrossValidation:
             "per_class": self.summary(),
             "thresholds": self.thresholds,
             "calibration": self.calibration(),
+            "accuracy": self.accuracy(),
             "best_epochs": [f.best_epoch for f in self.folds],
             "run_ids": [f.run_id for f in self.folds],
         }
@@ -145,6 +161,14 @@ class CrossValidation:
             f"{'macro':<24}"
             + "".join(f"{macro[f]:>9.3f}{'':>7}" for f in FIELDS)
             + f"{np.nanmean(list(calib['ece'].values())):>7.3f}"
+        )
+        accuracy = self.accuracy()
+        rows.append(
+            "accuracy (every label right): "
+            + "; ".join(
+                f"{label} {accuracy[key]['mean']:.3f} ± {accuracy[key]['std']:.3f}"
+                for key, label in (("at_0.5", "at 0.5"), ("tuned", "at tuned thresholds"))
+            )
         )
         minutes = ", ".join(f"{f.minutes:.1f}" for f in self.folds)
         epochs = ", ".join(str(f.best_epoch) for f in self.folds)

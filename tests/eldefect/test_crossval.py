@@ -37,7 +37,10 @@ def test_every_image_gets_one_out_of_fold_prediction_and_the_card_ships_their_th
     summary = cv.summary()
     assert set(summary) == set(cv.labels)
     assert "ap" in summary["crack"] and summary["crack"]["ap"]["std"] >= 0
-    assert "3-fold CV" in cv.report()
+    assert "3-fold CV" in cv.report() and "accuracy (every label right)" in cv.report()
+    assert cv.accuracy()["at_0.5"]["mean"] == pytest.approx(
+        np.mean([((f.probs >= 0.5) == (f.targets > 0)).all(axis=1).mean() for f in cv.folds])
+    )
 
     outcome = train(config, progress=False, cv=cv)
     assert outcome.card.thresholds == cv.thresholds
@@ -45,6 +48,7 @@ def test_every_image_gets_one_out_of_fold_prediction_and_the_card_ships_their_th
     assert card.cv["folds"] == 3
     assert card.cv["thresholds"] == pytest.approx(cv.thresholds)
     assert set(card.cv["calibration"]["ece"]) == set(cv.labels)
+    assert set(card.cv["accuracy"]) == {"at_0.5", "tuned"}
 
 
 @pytest.mark.slow
