@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +80,32 @@ class CrossValidation:
         """Tuned on every out-of-fold prediction: the thresholds the final model ships."""
         return self._tune(self.oof_probs, self.oof_targets)
 
-    def _thresholds_of_others(self, i: int) -> dict[str, float]:
-        others = [f for j, f in enumerate(self.folds) if j != i]
-        return self._tune(
-            np.concatenate([f.probs for f in others]),
-            np.concatenate([f.targets for f in others]),
-        )
+    @cached_property
+    def thresholds_of_others(self) -> list[dict[str, float]]:
+        """Per fold: thresholds tuned on the other folds' OOF predictions (tuned once, as the
+        table, the accuracy and the card all score with them)."""
+        out = []
+        for i in range(len(self.folds)):
+            others = [f for j, f in enumerate(self.folds) if j != i]
+            out.append(
+                self._tune(
+                    np.concatenate([f.probs for f in others]),
+                    np.concatenate([f.targets for f in others]),
+                )
+            )
+        return out
 
     def per_fold(self) -> list[dict[str, ClassMetrics]]:
         """Each fold scored at thresholds tuned on the other folds' OOF predictions."""
         return [
-            per_class_metrics(fold.probs, fold.targets, self.labels, self._thresholds_of_others(i))
-            for i, fold in enumerate(self.folds)
+            per_class_metrics(fold.probs, fold.targets, self.labels, thresholds)
+            for fold, thresholds in zip(self.folds, self.thresholds_of_others, strict=True)
         ]
 
     def accuracy(self) -> dict[str, dict[str, float]]:
         """Every label right, per fold, at 0.5 and at the other folds' thresholds: mean, std."""
         at_half, tuned = [], []
-        for i, fold in enumerate(self.folds):
-            others = self._thresholds_of_others(i)
+        for fold, others in zip(self.folds, self.thresholds_of_others, strict=True):
             at_half.append(exact_match(fold.probs, fold.targets, [0.5] * len(self.labels)))
             tuned.append(exact_match(fold.probs, fold.targets, [others[n] for n in self.labels]))
         return {
