@@ -87,6 +87,13 @@ class AugmentConfig(_Strict):
     enabled: bool = True
     hflip: float = Field(0.5, ge=0, le=1)
     vflip: float = Field(0.5, ge=0, le=1)
+    quarter_turn: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability of a 90-degree turn either way; only for label sets whose "
+        "classes have no orientation (not horizontal_ vs vertical_dislocation).",
+    )
     rotate_degrees: float = Field(5.0, ge=0)
     brightness: float = Field(0.2, ge=0)
     contrast: float = Field(0.2, ge=0)
@@ -112,7 +119,9 @@ class OptimConfig(_Strict):
         "to the epochs that fit at the pace so far, so the learning rate still decays to zero.",
     )
     precision: Precision = Field(
-        "auto", description="Autocast dtype of the forward pass; auto: bf16 where native."
+        "auto",
+        description="Autocast dtype of the forward pass; auto: bf16 where it is faster (AMX "
+        "CPUs, CUDA), fp32 elsewhere.",
     )
     # A per-step decay: with ~20 steps an epoch, 0.99 averages over the last ~5 epochs.
     ema_decay: float | None = Field(
