@@ -98,6 +98,11 @@ def load_samples(
         log.info("source %s: %s", source.root, more_report.summary())
         samples += more
         report.merge(more_report)
+    if data.soft_targets and all(sample.confidence is None for sample in samples):
+        log.warning(
+            "data.soft_targets is set, but no image here records a labelled confidence "
+            "(only ELPV's labels do): training on the 0/1 targets"
+        )
     return samples, report
 
 

@@ -31,6 +31,7 @@ from eldefect.train import (
     WarmupCosine,
     balanced_sample_weights,
     epochs_within_budget,
+    load_samples,
     train,
     weight_average,
 )
@@ -161,6 +162,19 @@ def test_soft_targets_are_the_labelled_confidence_and_only_for_training(tmp_path
 
 
 @pytest.mark.slow
+def test_soft_targets_on_a_dataset_without_confidences_say_they_do_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_train_config(CONFIG)
+    config.data.synthetic_n = 10
+    config.data.soft_targets = True
+    labels = load_label_set(config.data.labels)
+    with caplog.at_level("WARNING", logger="eldefect.train"):
+        samples, _ = load_samples(config, labels, None, tmp_path)
+    assert samples and all(sample.confidence is None for sample in samples)
+    assert "training on the 0/1 targets" in caplog.text
+
+
 def test_a_soft_target_run_is_scored_on_the_0_1_target_and_by_level(
     settings_env: Path, tmp_path: Path
 ) -> None:
