@@ -28,7 +28,7 @@ from eldefect.data.cache import ImageCache
 from eldefect.data.split import validation_split
 from eldefect.labels import load_label_set
 from eldefect.metrics import average_precision, expected_calibration_error
-from eldefect.preprocess import InputSpec, normalize
+from eldefect.preprocess import normalize
 from eldefect.settings import get_settings
 from eldefect.train import load_samples
 
@@ -62,7 +62,7 @@ def main() -> None:
         samples, config.input.size, max_pixels=settings.max_image_pixels, progress=False
     )
     targets = cache.targets.numpy()
-    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
+    spec = config.input.spec()
     runs = {
         r.info.run_name: r
         for r in mlflow.search_runs(search_all_experiments=True, output_format="list")

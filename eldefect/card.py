@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # preprocess imports torch; drift reads cards in processes wi
 @dataclass
 class ModelCard:
     labels: list[str]
-    input: dict[str, float]  # InputSpec fields
+    input: dict[str, Any]  # InputSpec's fields
     thresholds: dict[str, float]
     selection_metric: str
     selection_value: float
@@ -41,7 +41,10 @@ class ModelCard:
         from eldefect.preprocess import InputSpec
 
         return InputSpec(
-            int(self.input["size"]), float(self.input["mean"]), float(self.input["std"])
+            int(self.input["size"]),
+            float(self.input["mean"]),
+            float(self.input["std"]),
+            bool(self.input.get("standardize", False)),  # cards before the option: False
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,10 +6,13 @@ The whole config is logged with every MLflow run, so any registered model can be
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:
+    from eldefect.preprocess import InputSpec
 
 SelectionMetric = Literal["val_macro_ap", "val_macro_recall", "val_macro_f1"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -81,6 +84,17 @@ class InputConfig(_Strict):
     size: int = Field(224, ge=32, description="Square side the image is resized to.")
     mean: float = 0.5
     std: float = Field(0.25, gt=0)
+    standardize: bool = Field(
+        False,
+        description="Normalise each image by its own mean and std instead of mean/std above, "
+        "so a cell's overall brightness and contrast (exposure, station, cell type) carry no "
+        "signal; the model card records it and serving does the same.",
+    )
+
+    def spec(self) -> InputSpec:
+        from eldefect.preprocess import InputSpec  # torch: not for the gateway's imports
+
+        return InputSpec(self.size, self.mean, self.std, self.standardize)
 
 
 class AugmentConfig(_Strict):

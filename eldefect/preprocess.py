@@ -21,6 +21,7 @@ class InputSpec:
     size: int
     mean: float
     std: float
+    standardize: bool = False  # each image by its own mean and std instead (InputConfig)
 
 
 def resize(gray: np.ndarray, size: int) -> torch.Tensor:
@@ -33,7 +34,15 @@ def resize(gray: np.ndarray, size: int) -> torch.Tensor:
     return x[0].clamp_(0.0, 1.0)  # (1, S, S)
 
 
+# Keeps an almost uniform image (a dark frame) from being blown up into noise.
+_MIN_STD = 0.01
+
+
 def normalize(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """(..., S, S) in 0..1 -> model input, by the spec's fixed mean/std or per image."""
+    if spec.standardize:
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return (x - mean) / (x.std(dim=(-2, -1), keepdim=True) + _MIN_STD)
     return (x - spec.mean) / spec.std
 
 

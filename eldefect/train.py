@@ -14,7 +14,7 @@ import logging
 import math
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,7 @@ from eldefect.metrics import (
 )
 from eldefect.models import build_model
 from eldefect.precision import RunPrecision, autocast, resolve_precision
-from eldefect.preprocess import InputSpec, normalize
+from eldefect.preprocess import normalize
 from eldefect.quantize import Int8Check, int8_copy
 from eldefect.settings import Settings, get_settings
 from eldefect.stats import feature_profile
@@ -272,7 +272,7 @@ def epochs_within_budget(
 def data_loaders(
     cache: ImageCache, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig
 ) -> tuple[DataLoader, DataLoader]:
-    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
+    spec = config.input.spec()
     augment = build_augmentation(config.augment)  # training split only
     train_ds = CachedDataset(
         cache, train_idx, spec=spec, augment=augment, confidences=config.data.soft_targets
@@ -485,7 +485,7 @@ def train(
             tracker.log_metrics({"int8_macro_ap": check.macro_ap_int8})
         card = ModelCard(
             labels=names,
-            input={"size": config.input.size, "mean": config.input.mean, "std": config.input.std},
+            input=asdict(config.input.spec()),
             thresholds=best_thresholds,
             selection_metric=metric,
             selection_value=float(final_metrics[metric]),
@@ -510,7 +510,7 @@ def int8_for_serving(
     config: TrainConfig,
 ) -> tuple[bytes, Int8Check]:
     """The kept model quantized to int8 on training images, checked on the validation split."""
-    spec = InputSpec(config.input.size, config.input.mean, config.input.std)
+    spec = config.input.spec()
     rng = np.random.default_rng(config.optim.seed)
     picked = rng.choice(train_idx, min(len(train_idx), config.serving.calibration_images), False)
 
