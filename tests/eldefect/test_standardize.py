@@ -14,7 +14,7 @@ from eldefect.data.readers import read_voc
 from eldefect.imaging import decode_gray
 from eldefect.labels import load_label_set
 from eldefect.predictor import load_predictor
-from eldefect.preprocess import InputSpec, normalize
+from eldefect.preprocess import InputSpec, normalize, resize
 from eldefect.registry import load_model
 from eldefect.train import train
 
@@ -61,18 +61,8 @@ def test_a_standardised_model_is_served_standardised(settings_env: Path) -> None
     samples, _ = read_voc(root, load_label_set(config.data.labels))
     images = [decode_gray(s.path.read_bytes(), max_pixels=10**7) for s in samples[:6]]
     model, _ = load_model(outcome.model_uri)
-    x = torch.stack(
-        [
-            torch.nn.functional.interpolate(
-                torch.from_numpy(img)[None, None],
-                size=(config.input.size, config.input.size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0].clamp(0, 1)
-            for img in images
-        ]
-    )
+    # The shared resize (tested in test_synth_models_preprocess.py); the standardising by hand.
+    x = torch.stack([resize(img, config.input.size) for img in images])
     by_hand = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 0.01)
     with torch.inference_mode():
         expected = torch.sigmoid(model(by_hand)).numpy()
