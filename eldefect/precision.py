@@ -4,7 +4,8 @@ bf16 roughly doubles ResNet-18 training throughput on CPUs with AMX tiles and on
 Elsewhere it costs: emulated where the CPU has no bf16 at all, and slower than fp32 even where
 AVX512-BF16 converts and multiplies natively but AMX is absent (measured on such a Xeon:
 ResNet-18 fwd+bwd, batch 32, 300 px through the stride-4 stem, 30.6 images/s in bf16 against
-44.5 in fp32). So `auto` picks bf16 only where it is fast: AMX on CPUs, bf16 on CUDA.
+44.5 in fp32; `bench/precision_speed.py` measures it). So `auto` picks bf16 only where it
+is fast: AMX on CPUs, bf16 on CUDA.
 """
 
 from __future__ import annotations
