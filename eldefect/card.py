@@ -38,8 +38,22 @@ class ModelCard:
 
     @property
     def input_spec(self) -> InputSpec:
+        """The input spec; refuses fields this version does not know.
+
+        A newer trainer may add a way of preparing the input (as `standardize` was added); an
+        older worker that ignored the field would serve the model wrong pixels without a sign.
+        Refusing it makes the worker keep the model it serves and report why (model_cache).
+        """
+        from dataclasses import fields
+
         from eldefect.preprocess import InputSpec
 
+        unknown = sorted(set(self.input) - {f.name for f in fields(InputSpec)})
+        if unknown:
+            raise ValueError(
+                f"this model's input spec has fields this version of eldefect does not know "
+                f"({', '.join(unknown)}): it was trained by a newer version; upgrade to serve it"
+            )
         return InputSpec(
             int(self.input["size"]),
             float(self.input["mean"]),

@@ -70,3 +70,11 @@ def test_a_standardised_model_is_served_standardised(settings_env: Path) -> None
         served = load_predictor(outcome.model_uri, backend=backend)
         assert served.spec.standardize
         np.testing.assert_allclose(served.predict(images), expected, atol=1e-4)
+
+
+def test_a_card_from_a_newer_trainer_is_refused_not_misread() -> None:
+    card = ModelCard(
+        ["crack"], {"size": 64, "mean": 0.5, "std": 0.25, "equalize": True}, {}, "val_macro_ap", 0.9
+    )
+    with pytest.raises(ValueError, match=r"does not know \(equalize\).*newer version"):
+        card.input_spec
