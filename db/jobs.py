@@ -191,6 +191,8 @@ def create_job(
     now = utcnow()
     # A client's file name is kept for people, not matched on: a longer one is cut to fit.
     filename = upload.filename[:FILENAME_LENGTH] if upload.filename is not None else None
+    if filename is not None:  # PostgreSQL text cannot hold NUL; the name is only shown
+        filename = filename.replace("\x00", "\ufffd")
     job = Job(
         id=new_id(),
         station_id=station_id,
@@ -326,12 +328,19 @@ def create_batch(
 # --- reading -------------------------------------------------------------------------------
 
 
+def _cannot_exist(id_: str) -> bool:
+    # No stored id holds NUL, and PostgreSQL refuses it in a query's text: "not found".
+    return "\x00" in id_
+
+
 def get_job_for_station(*, session: Session, job_id: str, station_id: str | None) -> Job | None:
     """The job with its result and reviews (one query), or None when it does not exist or
     belongs to another station.
 
     `station_id=None` reads any station's job (operators).
     """
+    if _cannot_exist(job_id):
+        return None
     query = (
         select(Job)
         .where(Job.id == job_id)
@@ -347,14 +356,26 @@ def job_status_for_station(
     *, session: Session, job_id: str, station_id: str | None
 ) -> JobStatus | None:
     """The job's status alone (a long-poll's first look), None as for `get_job_for_station`."""
+    if _cannot_exist(job_id):
+        return None
     query = select(Job.status).where(Job.id == job_id)
     if station_id is not None:
         query = query.where(Job.station_id == station_id)
     return session.scalars(query).one_or_none()
 
 
-def get_batch_for_station(*, session: Session, batch_id: str, station_id: str) -> Batch | None:
-    query = select(Batch).where(Batch.id == batch_id, Batch.station_id == station_id)
+def get_batch_for_station(
+    *, session: Session, batch_id: str, station_id: str | None
+) -> Batch | None:
+    """The batch, or None when it does not exist or belongs to another station.
+
+    `station_id=None` reads any station's batch (operators).
+    """
+    if _cannot_exist(batch_id):
+        return None
+    query = select(Batch).where(Batch.id == batch_id)
+    if station_id is not None:
+        query = query.where(Batch.station_id == station_id)
     return session.scalars(query).one_or_none()
 
 

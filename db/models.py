@@ -31,6 +31,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """The same instant in UTC (a naive time is read as UTC).
+
+    SQLite keeps times as UTC text without an offset and compares them as given, so a time
+    with another offset must be converted before it is compared there.
+    """
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Job, JobImage, JobStatus, Result, Review, utcnow
+from db.models import Job, JobImage, JobStatus, Result, Review, as_utc, utcnow
 
 
 class ReviewRefused(Exception):
@@ -74,7 +74,7 @@ def list_reviews(
     """Reviews newest first (every review, superseded ones too), optionally after `since`."""
     query = select(Review).order_by(Review.created_at.desc(), Review.id.desc()).limit(limit)
     if since is not None:
-        query = query.where(Review.created_at > since)
+        query = query.where(Review.created_at > as_utc(since))
     return list(session.scalars(query))
 
 
@@ -82,7 +82,7 @@ def count_reviewed_jobs(*, session: Session, after: datetime | None = None) -> i
     """Jobs with a review newer than `after` (all reviewed jobs when None)."""
     query = select(func.count(func.distinct(Review.job_id)))
     if after is not None:
-        query = query.where(Review.created_at > after)
+        query = query.where(Review.created_at > as_utc(after))
     return int(session.scalar(query) or 0)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -124,6 +124,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DataError):  # a value the database cannot store (NUL in PostgreSQL text)
+        message = f"a value in this request cannot be stored: {_first_line(exc)}"
+        return error_response(422, "validation_error", message)
     if not is_database_outage(exc):
         return await _unhandled(request, exc)
     log.warning(

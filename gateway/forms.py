@@ -36,6 +36,12 @@ def invalid(message: str) -> ApiError:
     return ApiError(422, "validation_error", message)
 
 
+def refuse_nul(name: str, value: str) -> None:
+    # The databases' text columns cannot store NUL (PostgreSQL refuses it outright).
+    if "\x00" in value:
+        raise invalid(f"{name}: must not contain NUL (\\u0000) characters")
+
+
 @dataclass
 class UploadForm:
     """A parsed form: text fields by name (repeats kept in order) and every file part."""
@@ -56,6 +62,7 @@ class UploadForm:
         for value in texts:
             if len(value) > max_length:
                 raise invalid(f"{name}: at most {max_length} characters, got {len(value)}")
+            refuse_nul(name, value)
         return texts
 
     def text(self, name: str, *, max_length: int = ID_MAX_LENGTH) -> str | None:
@@ -142,6 +149,9 @@ def batch_ids(form: UploadForm, count: int) -> list[tuple[str | None, str | None
         ) from None
     if len(manifest) != count:
         raise invalid(f"manifest: {len(manifest)} entries for {count} files; one per file")
+    for i, entry in enumerate(manifest):
+        for key in ("module_id", "cell_id"):
+            refuse_nul(f"manifest[{i}].{key}", getattr(entry, key) or "")
     return [
         (entry.module_id or module_id, entry.cell_id or cell_id)
         for entry, module_id, cell_id in zip(manifest, module_ids, cell_ids, strict=True)

@@ -13,6 +13,7 @@ from db import jobs as crud
 from db.models import Batch, Job
 from eldefect.settings import Settings
 from gateway.deps import (
+    CallerDep,
     CurrentStation,
     DecodeSlotsDep,
     EnqueuerDep,
@@ -178,12 +179,12 @@ async def submit_batch(
     "/batches/{batch_id}", response_model=BatchPublic, responses=error_responses(401, 404, 503)
 )
 def read_batch(
-    station: CurrentStation,
+    caller: CallerDep,
     session: SessionDep,
     batch_id: str,
 ) -> BatchPublic:
-    """Read a batch with the current state of each of its jobs."""
-    batch = crud.get_batch_for_station(session=session, batch_id=batch_id, station_id=station.id)
+    """Read a batch with the current state of each of its jobs (operators: any station's)."""
+    batch = crud.get_batch_for_station(session=session, batch_id=batch_id, station_id=caller.scope)
     if batch is None:
         raise ApiError(404, "batch_not_found", f"no batch {batch_id!r} for this station")
     return _public(batch, crud.get_batch_jobs(session=session, batch_id=batch.id))

@@ -77,4 +77,4 @@ def test_a_card_from_a_newer_trainer_is_refused_not_misread() -> None:
         ["crack"], {"size": 64, "mean": 0.5, "std": 0.25, "equalize": True}, {}, "val_macro_ap", 0.9
     )
     with pytest.raises(ValueError, match=r"does not know \(equalize\).*newer version"):
-        card.input_spec
+        _ = card.input_spec

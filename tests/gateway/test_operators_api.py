@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -71,6 +71,11 @@ def test_operator_reads_every_stations_jobs_while_stations_still_get_404_across(
     assert client.get(f"/v1/jobs/{job_id}", headers=auth).status_code == 200
     assert_error(client.get(f"/v1/jobs/{job_id}", headers=other), 404, "job_not_found")
 
+    batch = client.post("/v1/batches", files=[("files", ("a.png", factories.png8()))], headers=auth)
+    path = f"/v1/batches/{batch.json()['id']}"
+    assert client.get(path, headers=operator).json()["jobs"] == batch.json()["jobs"]
+    assert_error(client.get(path, headers=other), 404, "batch_not_found")
+
 
 def test_review_answers_201_and_the_job_shows_the_latest_review(
     client: TestClient, auth: dict[str, str], operator: dict[str, str]
@@ -135,6 +140,16 @@ def test_reviews_since_and_limit(
     assert client.get("/v1/reviews", params={"since": future}, headers=operator).json() == {
         "reviews": []
     }
+    # The same instant with another offset means the same (SQLite compares stored UTC text).
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    for offset in (timedelta(hours=2), timedelta(hours=-5)):
+        since = an_hour_ago.astimezone(timezone(offset)).isoformat()
+        listed = client.get("/v1/reviews", params={"since": since}, headers=operator).json()
+        assert len(listed["reviews"]) == 3, since
+        since = (an_hour_ago + timedelta(hours=2)).astimezone(timezone(offset)).isoformat()
+        assert client.get("/v1/reviews", params={"since": since}, headers=operator).json() == {
+            "reviews": []
+        }
     assert_error(client.get("/v1/reviews?limit=0", headers=operator), 422, "validation_error")
 
 

@@ -99,3 +99,40 @@ def test_concurrent_submissions_with_one_key_make_one_job(
     assert len({job_id for _, job_id in answers}) == 1
     assert sorted(status for status, _ in answers).count(202) == 1
     assert job_count(postgres_url) == 1
+
+
+def test_nul_characters_are_refused_with_the_field_named_not_a_500(
+    pg_client: TestClient, postgres_url: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: every way one can arrive gets a 4xx that says so."""
+    auth = {"Authorization": f"Bearer {issue_token(postgres_url, 'line-1')}"}
+    operator = {"Authorization": f"Bearer {issue_token(postgres_url, 'lab', role='operator')}"}
+    png = factories.png8()
+
+    refused = pg_client.post(
+        "/v1/jobs", files={"file": ("a.png", png)}, data={"module_id": "M\x001"}, headers=auth
+    )
+    assert_error(refused, 422, "validation_error")
+    assert "module_id" in refused.json()["error"]["message"]
+    manifest = '[{"cell_id": "C\\u00001"}]'
+    refused = pg_client.post(
+        "/v1/batches", files=[("files", ("a.png", png))], data={"manifest": manifest}, headers=auth
+    )
+    assert_error(refused, 422, "validation_error")
+    assert "manifest[0].cell_id" in refused.json()["error"]["message"]
+    assert job_count(postgres_url) == 0
+
+    # A file name is only shown to people: kept, with the NUL replaced.
+    accepted = pg_client.post("/v1/jobs", files={"file": ("a\x00.png", png)}, headers=auth)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+
+    for path in (f"/v1/jobs/{job_id}%00", "/v1/jobs/x%00?wait=1", "/v1/batches/x%00"):
+        assert pg_client.get(path, headers=auth).status_code == 404, path
+
+    factories.finish_job(postgres_url, job_id)
+    comment = pg_client.post(
+        f"/v1/jobs/{job_id}/review", json={"defects": [], "comment": "ok\x00"}, headers=operator
+    )
+    assert_error(comment, 422, "validation_error")
+    assert "cannot be stored" in comment.json()["error"]["message"]
