@@ -6,16 +6,19 @@ from an installed wheel as well as from the source tree.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from db.session import get_engine
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+log = logging.getLogger(__name__)
 
 
 def alembic_config(url: str) -> Config:
@@ -33,6 +36,24 @@ def upgrade(url: str, revision: str = "head") -> None:
     with get_engine(url).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def is_embedded(url: str) -> bool:
+    """An embedded SQLite database: a developer's own, not shared by other deployments."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def ready_database(url: str) -> str:
+    """`url`, its schema brought to head first when it is the embedded SQLite database.
+
+    So that `eldefect token create` (or any command reading the database) works on a fresh
+    clone before the gateway ever ran. A shared database (PostgreSQL) is migrated on
+    purpose, by `eldefect db upgrade`, never as a side effect.
+    """
+    if is_embedded(url) and current(url) != head():
+        log.info("bringing the embedded database %s to schema %s", make_url(url).database, head())
+        upgrade(url)
+    return url
 
 
 def current(url: str) -> str | None:

@@ -66,10 +66,10 @@ class EldefectCLI(click.Group):
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: settings).")
 def cli(log_level: str | None) -> None:
     """Find defects in electroluminescence images of solar cells."""
-    logging.basicConfig(
-        level=(log_level or get_settings().log_level).upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    level = (log_level or get_settings().log_level).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if level != "DEBUG":  # Alembic logs each plugin and step it sets up; we log what it did
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main() -> None:

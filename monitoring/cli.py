@@ -6,6 +6,7 @@ from datetime import datetime
 
 import click
 
+from db.migrate import ready_database
 from db.session import session_scope
 from eldefect.settings import get_settings
 from monitoring.reports import ReportView, latest_reports, run_drift_check
@@ -45,7 +46,7 @@ def drift() -> None:
 @click.option("--last", "last", type=click.IntRange(min=1), default=5, show_default=True)
 def report(last: int) -> None:
     """Print the latest drift reports, newest first."""
-    with session_scope(get_settings().database_url) as session:
+    with session_scope(ready_database(get_settings().database_url)) as session:
         reports = latest_reports(session=session, limit=last)
     if not reports:
         click.echo("no drift reports yet (beat writes one every drift_interval_s)")
@@ -56,7 +57,9 @@ def report(last: int) -> None:
 @drift.command("check")
 def check() -> None:
     """Run one drift check now, store its report and print it."""
-    result = run_drift_check(settings=get_settings())
+    settings = get_settings()
+    ready_database(settings.database_url)
+    result = run_drift_check(settings=settings)
     if result is None:
         raise click.ClickException("no production model: nothing to measure drift against")
     click.echo(format_report(result))

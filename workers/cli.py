@@ -221,12 +221,9 @@ def up(migrate: bool, concurrency: int) -> None:
     settings = get_settings()
     settings.ensure_var_dir()
     if migrate:
-        import logging
-
         from db.migrate import upgrade
 
         click.echo(f"up      | migrating {redact_url(settings.database_url)}")
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         upgrade(settings.database_url)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = eldefect_argv()

@@ -10,6 +10,7 @@ import click
 from db import retrains
 from db.models import RetrainTrigger
 from db.reviews import reviewed_images
+from db.migrate import ready_database
 from db.session import session_scope
 from eldefect.settings import get_settings
 
@@ -69,7 +70,7 @@ def _num(value: float | None) -> str:
 def retrain_status(last: int) -> None:
     """The latest triggers with their gate numbers and decisions."""
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         triggers = retrains.list_triggers(session=session, limit=last)
         text = [describe(t) for t in triggers]
     click.echo("\n".join(text) if text else "no retrain triggers yet")
@@ -82,7 +83,7 @@ def retrain_start(reason: str) -> None:
     from workers.retrain_tasks import send_retrain
 
     settings = get_settings()
-    with session_scope(settings.database_url) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         trigger = retrains.open_trigger(
             session=session, reason="manual", requested_by="cli", note=reason
         )
@@ -124,7 +125,7 @@ def export_reviews(out: Path, labels: str | None, holdout_out: Path | None) -> N
 
     settings = get_settings()
     names = list(load_label_set(labels).labels) if labels else None
-    with session_scope(settings.database_url) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         report = write_review_folders(
             reviewed_images(session=session),
             train_dir=out,

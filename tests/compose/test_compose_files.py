@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -372,3 +373,29 @@ def test_docker_compose_v2_rejects_a_broken_file(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode != 0 and "no_such_key" in out.stderr
+
+
+def test_settings_in_compose_env_reach_the_containers(tmp_path: Path) -> None:
+    """compose/.env is documented as the place for any ELDEFECT_* setting (docs/operations.md):
+    not only for the ${...} of the file but inside each container, the file's own values first.
+    """
+    stack = tmp_path / "compose"
+    shutil.copytree(COMPOSE_DIR, stack)
+    (stack / ".env").write_text(
+        "ELDEFECT_RETRAIN_CONFIG=/data/train.yaml\n"
+        "ELDEFECT_DATABASE_URL=sqlite:///not-this.db\n"
+        "ELDEFECT_MODEL_NAME=cells\n"
+    )
+    out = subprocess.run(
+        [*_compose_cli(), "-f", str(stack / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    services = json.loads(out.stdout)["services"]
+    for name in ("gateway", "worker-cpu", "worker-training", "beat"):
+        env = services[name]["environment"]
+        assert env["ELDEFECT_RETRAIN_CONFIG"] == "/data/train.yaml", name
+        assert env["ELDEFECT_DATABASE_URL"].startswith("postgresql+psycopg://"), name
+        assert env["ELDEFECT_MODEL_NAME"] == "cells", name

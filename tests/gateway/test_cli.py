@@ -42,6 +42,28 @@ def test_db_upgrade_then_token_create_list_revoke(settings_env: Path) -> None:
     assert runner.invoke(token, ["revoke", "--station", "nobody"]).exit_code != 0
 
 
+def test_commands_work_on_a_fresh_embedded_database(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new clone's first `eldefect token create` (docs/api.md) needs no `db upgrade`."""
+    from monitoring.cli import drift
+    from workers.retrain_cli import retrain
+
+    runner = CliRunner()
+    commands = {
+        "token": (token, ["create", "--station", "line-1"]),
+        "retrain": (retrain, ["status"]),
+        "drift": (drift, ["report"]),
+    }
+    for name, (group, args) in commands.items():
+        fresh = settings_env / f"{name}.db"
+        monkeypatch.setenv("ELDEFECT_DATABASE_URL", f"sqlite:///{fresh}")
+        get_settings.cache_clear()
+        result = runner.invoke(group, args)
+        assert result.exit_code == 0, result.output
+        assert runner.invoke(db, ["current"]).output.startswith(f"current: {head()};"), name
+
+
 def test_the_gateway_migrates_sqlite_by_default_but_not_postgres() -> None:
     sqlite = Settings(database_url="sqlite:///var/x.db")
     postgres = Settings(database_url="postgresql+psycopg://u@h/db")
