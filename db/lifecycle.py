@@ -9,6 +9,7 @@ writer at a time, `WHERE status = ...` plus the returned rows decide who won):
                               |  \\--fail_jobs--------> failed   (bad image: at once)
                               |--release_jobs-------> queued   (transient error)
     running past its lease --sweep--> queued, or failed/worker_lost after max_attempts
+    queued after max_attempts tries (never claimed again) --sweep--> failed/worker_lost
     queued for too long -----sweep--> queued (enqueued_at bumped; the caller re-sends)
     queued past a limit while no worker serves a model --fail_unserved--> failed/model_unavailable
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Insert, case, func, select, update
@@ -89,34 +91,61 @@ def claim_jobs(
     session: Session,
     limit: int,
     lease_s: float,
+    max_attempts: int,
     prefer: str | None = None,
     exclude: Iterable[str] = (),
+    fresh_only: bool = False,
     now: datetime | None = None,
 ) -> list[ClaimedJob]:
     """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
 
-    One statement: the UPDATE picks its rows by a subquery and returns each claimed job with
-    its image. In an autocommit session (as the worker claims) that is the whole claim: one
-    round trip, committed as it returns.
+    A job tried before (its worker died, or it was handed back) is claimed alone and ahead
+    of fresh jobs: if it is what kills workers (an image that exhausts memory or crashes a
+    decoder), it takes no other job down with it the next time, and fails alone once it has
+    been tried `max_attempts` times (a job at that count is left for `sweep` to fail). So a
+    claim is one statement, or two when the first finds no job tried before. `fresh_only`
+    (filling up a batch already claimed) takes only jobs never tried.
 
-    PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent workers pick
-    disjoint sets without waiting. SQLite: the conditional UPDATE (`status = 'queued'`)
-    with RETURNING decides; a job another worker took in between is simply not returned.
+    Each statement is an UPDATE that picks its rows by a subquery and returns each claimed
+    job with its image; in an autocommit session (as the worker claims) it is committed as
+    it returns. PostgreSQL: the candidate rows are locked with SKIP LOCKED, so concurrent
+    workers pick disjoint sets without waiting. SQLite: the conditional UPDATE (`status =
+    'queued'`) with RETURNING decides; a job another worker took in between is not returned.
     """
     if limit <= 0:
         return []
-    now = now or utcnow()
+    claim = partial(
+        _claim, session, lease_s=lease_s, prefer=prefer, exclude=list(exclude), now=now or utcnow()
+    )
+    retried = [] if fresh_only else claim(tried=range(1, max_attempts), limit=1)
+    return retried or claim(tried=range(0, 1), limit=limit)
+
+
+def _claim(
+    session: Session,
+    *,
+    tried: range,
+    limit: int,
+    lease_s: float,
+    prefer: str | None,
+    exclude: list[str],
+    now: datetime,
+) -> list[ClaimedJob]:
+    """One claiming UPDATE over the queued jobs whose `attempts` so far are in `tried`."""
     queued = aliased(Job)  # the candidates' own FROM, never correlated with the UPDATE's
     candidates = (
         select(queued.id)
-        .where(queued.status == JobStatus.queued)
+        .where(
+            queued.status == JobStatus.queued,
+            queued.attempts >= tried.start,
+            queued.attempts < tried.stop,
+        )
         .order_by(case((queued.id == prefer, 0), else_=1), queued.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # ignored on SQLite
     )
-    skip = list(exclude)
-    if skip:
-        candidates = candidates.where(queued.id.not_in(skip))
+    if exclude:
+        candidates = candidates.where(queued.id.not_in(exclude))
     # Computed once: PostgreSQL may rescan a plain subquery for each row the UPDATE visits,
     # and every rescan skips the rows this statement has already locked, taking the next.
     picked = candidates.cte("picked").prefix_with("MATERIALIZED")
@@ -322,7 +351,8 @@ def sweep(
     - queued with `enqueued_at` older than `requeue_after_s`: `enqueued_at` is bumped and the
       caller re-sends a message (the broker may have dropped the first one);
     - running past `lease_expires_at` (its worker died): back to queued for another try, or
-      `failed` with code `worker_lost` once it has been tried `max_attempts` times.
+      `failed` with code `worker_lost` once it has been tried `max_attempts` times;
+    - queued after `max_attempts` tries (handed back on the last one): `failed` the same way.
     """
     now = now or utcnow()
     report = SweepReport()
@@ -365,9 +395,15 @@ def sweep(
                 .execution_options(synchronize_session=False)
             )
         ]
+    # Out of attempts: running past its lease once more, or handed back on its last try
+    # (claim_jobs no longer takes it).
     give_up = _ids(*expired, Job.attempts >= max_attempts)
+    give_up += _ids(Job.status == JobStatus.queued, Job.attempts >= max_attempts)
     if give_up:
-        message = f"the worker running this job stopped {max_attempts} times before finishing it"
+        message = (
+            f"this job was started {max_attempts} times and never finished: its worker "
+            "stopped (or gave it back after an error) each time"
+        )
         report.failed = fail_jobs(
             session=session,
             errors={job_id: (WORKER_LOST, message) for job_id in give_up},

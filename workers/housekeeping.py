@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from db.session import session_scope
 from db.workers import record_heartbeat, remove_worker
 from eldefect.settings import Settings
-from workers.inference import run_sweep
+from workers.inference import BATCHES, run_sweep
 from workers.model_cache import ModelState
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,13 @@ class Housekeeper:
 
     def heartbeat(self) -> None:
         state = self._model_state() if self._model_state is not None else None
+        batch_s, lease_s = BATCHES.longest_s(), self.settings.running_timeout_s
+        if state is not None and batch_s > lease_s:
+            state = ModelState(
+                version=None,
+                error=f"a batch has been running for {batch_s:.0f} s, past its "
+                f"{lease_s:g} s lease: this worker looks stuck",
+            )
         with session_scope(self.settings.database_url) as session:
             record_heartbeat(
                 session=session,

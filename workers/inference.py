@@ -11,9 +11,12 @@ every result and statistic in one transaction.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,6 +43,35 @@ SWEEP_TASK_RUN = "sweep"  # its row in task_runs: when the sweep last ran (the e
 _POLL_S = 0.01  # how often a batch that is not full looks for more jobs within batch_wait_ms
 
 
+class BatchClock:
+    """When the batches running in this process started (one per thread that runs one).
+
+    The heartbeat reads it: a batch that outlives its lease (a hung forward pass, a stalled
+    GPU) means the worker only looks alive, so it stops reporting a model (workers/
+    housekeeping.py) and routing and the sweep stop counting on it.
+    """
+
+    def __init__(self) -> None:
+        self._started: dict[int, float] = {}
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        thread = threading.get_ident()
+        self._started[thread] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._started[thread]
+
+    def longest_s(self) -> float:
+        """Seconds the oldest running batch has run; 0 when none runs."""
+        started = list(self._started.values())  # a copy: batch threads add and remove
+        return time.monotonic() - min(started) if started else 0.0
+
+
+BATCHES = BatchClock()
+
+
 @dataclass
 class BatchReport:
     claimed: list[str] = field(default_factory=list)
@@ -47,6 +79,9 @@ class BatchReport:
     failed: list[str] = field(default_factory=list)
     model_version: str | None = None
     forward_ms: float = 0.0
+    # A job tried before is claimed alone (db.lifecycle.claim_jobs): such a batch is short
+    # whatever else is queued.
+    retried_alone: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,20 +96,22 @@ class BatchReport:
 def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.ClaimedJob]:
     """Claim a batch: what is queued now, then more for up to batch_wait_ms if not full."""
     url, size = settings.database_url, settings.batch_size
-    lease = settings.running_timeout_s
+    claim = partial(
+        lifecycle.claim_jobs, lease_s=settings.running_timeout_s, max_attempts=settings.max_attempts
+    )
     # A claim is one statement: in an autocommit session it is one round trip, and the
     # claimed rows are committed as it returns.
     claiming = get_autocommit_sessionmaker(url)
     with claiming() as session:
-        jobs = lifecycle.claim_jobs(session=session, limit=size, lease_s=lease, prefer=prefer)
-    if not jobs:
+        jobs = claim(session=session, limit=size, prefer=prefer)
+    if not jobs or jobs[0].attempts > 1:  # nothing queued, or a job tried before: it runs alone
         return jobs
     deadline = time.monotonic() + settings.batch_wait_ms / 1000.0
     while len(jobs) < size and (remaining := deadline - time.monotonic()) > 0:
         time.sleep(min(_POLL_S, remaining))
         try:
             with claiming() as session:
-                jobs += lifecycle.claim_jobs(session=session, limit=size - len(jobs), lease_s=lease)
+                jobs += claim(session=session, limit=size - len(jobs), fresh_only=True)
         except OperationalError:  # the database went away: go on with (and answer for) these
             log.warning("database lost while filling a batch; going on with %d jobs", len(jobs))
             break
@@ -148,6 +185,7 @@ def process_batch(
         report.claimed = [job.id for job in jobs]
         if not jobs:
             return report
+        report.retried_alone = jobs[0].attempts > 1
         metrics.record_claimed((job.started_at - job.created_at).total_seconds() for job in jobs)
         ready, errors = _decode(
             jobs, max_pixels=settings.max_image_pixels, min_side=model.input_size
@@ -258,20 +296,26 @@ def drain(
 ) -> list[BatchReport]:
     """Batches until one comes back short of `batch_size`: what one wake-up owes.
 
+    A batch of one job tried before is short by design, not because the queue ran dry, so
+    the draining goes on after it.
+
     Called after the queue's wake-up marker is cleared (eldefect/wakeups.py): every job
     committed before then is claimed here or by a batch already running elsewhere, and a job
     committed after it has its own wake-up on the way.
     """
-    reports = [
-        process_batch(
-            settings=settings, model_source=model_source, prefer=prefer, on_unreleased=on_unreleased
-        )
-    ]
-    while len(reports[-1].claimed) >= settings.batch_size:
-        reports.append(
-            process_batch(settings=settings, model_source=model_source, on_unreleased=on_unreleased)
-        )
+    batch = partial(
+        process_batch, settings=settings, model_source=model_source, on_unreleased=on_unreleased
+    )
+    reports: list[BatchReport] = []
+    while not reports or _more_may_be_queued(reports[-1], settings.batch_size):
+        with BATCHES.running():
+            reports.append(batch(prefer=None if reports else prefer))
     return reports
+
+
+def _more_may_be_queued(report: BatchReport, batch_size: int) -> bool:
+    # A full batch, or a job tried before, claimed alone whatever else is queued.
+    return len(report.claimed) >= batch_size or report.retried_alone
 
 
 def wake_up(job_ids: Sequence[str], *, send: Callable[[str], object], batch_size: int) -> None:

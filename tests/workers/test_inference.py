@@ -159,8 +159,10 @@ def test_a_database_error_hands_the_batch_back(
     with session_scope(db_url) as session:
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
     monkeypatch.undo()
-    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
-    assert sorted(report.succeeded) == sorted(ids)
+    # Each job handed back is claimed alone now; one wake-up's draining still ends them all.
+    reports = drain(settings=settings_for(db_url), model_source=FakeModel)
+    assert [len(r.claimed) for r in reports] == [1, 1, 0]
+    assert sorted(job for r in reports for job in r.succeeded) == sorted(ids)
 
 
 def test_run_sweep_sends_one_wake_up_per_batch_of_requeued_jobs(db_url: str) -> None:
@@ -301,5 +303,52 @@ def test_claims_the_database_cannot_take_back_are_held_and_released_when_it_retu
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
     assert [sorted(batch) for batch in woken] == [sorted(ids)]
     monkeypatch.undo()
-    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
-    assert sorted(report.succeeded) == sorted(ids)
+    reports = drain(settings=settings_for(db_url), model_source=FakeModel)  # the one wake-up
+    assert sorted(job for r in reports for job in r.succeeded) == sorted(ids)
+
+
+def test_a_worker_whose_batch_outlives_its_lease_stops_reporting_a_model(db_url: str) -> None:
+    """A hung forward pass: the heartbeat thread still runs, but must not say "serving", so
+    wake-ups go to workers that do and, if none does, the backlog fails with the reason."""
+    from db.workers import QueueCounts, live_workers
+    from workers.housekeeping import Housekeeper
+    from workers.model_cache import ModelState
+
+    queued_jobs(db_url, [png_bytes(0)])
+    release = threading.Event()
+
+    class HungModel(FakeModel):
+        def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+            release.wait(10)
+            return super().predict(images)
+
+    settings = settings_for(db_url, running_timeout_s=0.3)
+    keeper = Housekeeper(
+        settings=settings,
+        name="gpu-1",
+        queue="inference.gpu",
+        model_state=lambda: ModelState(version="1", error=None),
+        send=lambda *_: None,
+        sweep=False,
+    )
+
+    def seen() -> QueueCounts:
+        keeper.heartbeat()
+        with session_scope(db_url) as session:
+            (row,) = live_workers(session=session, stale_after_s=60)
+            assert row.name == "gpu-1"
+            return QueueCounts.of([row], "el_defect_classifier")
+
+    assert seen().serving == {"inference.gpu": 1}
+    batch = threading.Thread(target=drain, kwargs={"settings": settings, "model_source": HungModel})
+    batch.start()
+    try:
+        time.sleep(0.5)
+        assert seen().serving == {}
+        with session_scope(db_url) as session:
+            (row,) = live_workers(session=session, stale_after_s=60)
+        assert row.model_error is not None and "looks stuck" in row.model_error
+    finally:
+        release.set()
+        batch.join(10)
+    assert seen().serving == {"inference.gpu": 1}  # the batch ended: serving again
