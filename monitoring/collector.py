@@ -85,10 +85,11 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         "The reference profile's value for the same feature or class.",
         ("kind", "name"),
     ),
-    "eldefect_drift_z_threshold": ("|z| past which a feature or class may drift.", ()),
+    # kind="feature" (input statistics) or "class" (predicted positive rates): each has its own.
+    "eldefect_drift_z_threshold": ("|z| past which a feature or class may drift.", ("kind",)),
     "eldefect_drift_effect_threshold": (
         "|effect size| past which a feature or class may drift.",
-        (),
+        ("kind",),
     ),
 }
 
@@ -151,14 +152,12 @@ def families(state: DatabaseState, settings: Settings) -> list[Metric]:
     for task, timestamp in sorted(runs.items()):
         add("eldefect_task_last_run_timestamp_seconds", timestamp, task)
 
-    add(
-        "eldefect_drift_z_threshold",
-        settings.drift_z_threshold,
-    )
-    add(
-        "eldefect_drift_effect_threshold",
-        settings.drift_effect_threshold,
-    )
+    for kind, z, effect in (
+        ("feature", settings.drift_z_threshold, settings.drift_effect_threshold),
+        ("class", settings.drift_rate_z_threshold, settings.drift_rate_effect_threshold),
+    ):
+        add("eldefect_drift_z_threshold", z, kind)
+        add("eldefect_drift_effect_threshold", effect, kind)
     report = state.report
     for verdict in DriftVerdict:
         latest = report is not None and report.verdict == verdict.value

@@ -50,10 +50,11 @@ def _quantiles(metric: str, by: str = "") -> list[Query]:
     ]
 
 
-def _threshold_lines(metric: str) -> list[Query]:
+def _threshold_lines(metric: str, kind: str) -> list[Query]:
+    selected = f'{metric}{{kind="{kind}"}}'
     return [
-        Query(f"max({metric})", f"+{THRESHOLD}"),
-        Query(f"-max({metric})", f"-{THRESHOLD}"),
+        Query(f"max({selected})", f"+{THRESHOLD}"),
+        Query(f"-max({selected})", f"-{THRESHOLD}"),
     ]
 
 
@@ -311,7 +312,7 @@ DRIFT = [
         "lines are ±drift_z_threshold.",
         [
             Query('max by (name) (eldefect_drift_z{kind="feature"})', "{{name}}"),
-            *_threshold_lines("eldefect_drift_z_threshold"),
+            *_threshold_lines("eldefect_drift_z_threshold", "feature"),
         ],
     ),
     Panel(
@@ -320,23 +321,25 @@ DRIFT = [
         "A feature drifts when both its |z| and its |d| cross their lines.",
         [
             Query('max by (name) (eldefect_drift_effect{kind="feature"})', "{{name}}"),
-            *_threshold_lines("eldefect_drift_effect_threshold"),
+            *_threshold_lines("eldefect_drift_effect_threshold", "feature"),
         ],
     ),
     Panel(
         "Class z",
-        "z of each class's predicted positive rate against the reference rate.",
+        "z of each class's predicted positive rate against the reference rate; the dashed "
+        "lines are ±drift_rate_z_threshold.",
         [
             Query('max by (name) (eldefect_drift_z{kind="class"})', "{{name}}"),
-            *_threshold_lines("eldefect_drift_z_threshold"),
+            *_threshold_lines("eldefect_drift_z_threshold", "class"),
         ],
     ),
     Panel(
         "Class effect size (h)",
-        "Cohen's h of each class's predicted positive rate against the reference rate.",
+        "Cohen's h of each class's predicted positive rate against the reference rate; the "
+        "dashed lines are ±drift_rate_effect_threshold.",
         [
             Query('max by (name) (eldefect_drift_effect{kind="class"})', "{{name}}"),
-            *_threshold_lines("eldefect_drift_effect_threshold"),
+            *_threshold_lines("eldefect_drift_effect_threshold", "class"),
         ],
     ),
     Panel(

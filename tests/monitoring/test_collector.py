@@ -134,8 +134,14 @@ def test_the_latest_report_of_the_served_model_is_exported(settings: Settings) -
     assert abs(last - now.timestamp()) < 1
     drift_run = samples[("eldefect_task_last_run_timestamp_seconds", (("task", "drift"),))]
     assert abs(drift_run - now.timestamp()) < 1
-    assert samples[("eldefect_drift_z_threshold", ())] > 0
-    assert samples[("eldefect_drift_effect_threshold", ())] > 0
+    # Classes drift by thresholds of their own (drift_rate_*), drawn on the class panels.
+    for kind, z, effect in (
+        ("feature", settings.drift_z_threshold, settings.drift_effect_threshold),
+        ("class", settings.drift_rate_z_threshold, settings.drift_rate_effect_threshold),
+    ):
+        assert samples[("eldefect_drift_z_threshold", (("kind", kind),))] == z
+        assert samples[("eldefect_drift_effect_threshold", (("kind", kind),))] == effect
+    assert settings.drift_effect_threshold != settings.drift_rate_effect_threshold
 
 
 def test_reports_of_another_model_name_are_not_this_ones(settings: Settings) -> None:
