@@ -159,10 +159,14 @@ def verify_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     mode), whatever scale a JPEG was checked at.
     """
     img, fmt = load_image(data, max_pixels, min_side=_VERIFY_JPEG_SIDE)
-    header = open_image(data, max_pixels)  # sizes as stored; its EXIF parsed in load_image already
+    if img.mode == "F":  # float TIFFs alone need the pixel values checked
+        check_finite(img)
+    if fmt != "JPEG":  # decoded at full size, upright: its own size and mode are the answer
+        return ImageInfo(format=fmt, width=img.width, height=img.height, mode=img.mode)
+    # A JPEG was decoded reduced (and to luma): size and mode as stored come from its header,
+    # which costs nothing more to read (a PNG's EXIF would cost a second full decode).
+    header = open_image(data, max_pixels)
     # EXIF orientations 5..8 turn the image a quarter: its upright sides swap.
     quarter_turn = header.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     width, height = header.size[::-1] if quarter_turn else header.size
-    if img.mode == "F":  # float TIFFs alone need the pixel values checked
-        check_finite(img)
     return ImageInfo(format=fmt, width=width, height=height, mode=header.mode)

@@ -176,14 +176,32 @@ def test_verify_checks_a_jpeg_at_reduced_size_but_reports_its_stored_size() -> N
         assert err.value.code == "corrupt_image"
 
 
-def test_verify_reports_the_upright_size_of_a_turned_jpeg() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_verify_reports_the_upright_size_of_a_turned_image(fmt: str) -> None:
     img = Image.fromarray(np.zeros((20, 50), np.uint8))
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", exif=exif)
+    img.save(buf, format=fmt, exif=exif)
     info = verify_image(buf.getvalue(), max_pixels=LIMIT)
-    assert (info.width, info.height) == (20, 50)
+    assert (info.format, info.width, info.height, info.mode) == (fmt, 20, 50, "L")
+
+
+def test_verify_decodes_a_png_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs on every upload: a second full decode for the EXIF doubled its cost."""
+    from PIL import ImageFile
+
+    loads = []
+    real_load = ImageFile.ImageFile.load
+
+    def counted(self: ImageFile.ImageFile) -> object:
+        if self.tile:  # pixels still to decode (a load of a decoded image does nothing)
+            loads.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    verify_image(encode(np.zeros((40, 60), np.uint8), "PNG"), max_pixels=LIMIT)
+    assert loads == ["PNG"]
 
 
 def test_image_check_registers_only_pillows_common_decoders_and_tiff() -> None:
