@@ -28,6 +28,7 @@ from db.task_runs import record_task_run
 from db.workers import QueueCounts, WorkerSeen, live_workers
 from eldefect.broker import INFERENCE_QUEUES, route_inference
 from eldefect.imaging import ImageDecodeError, decode_gray
+from eldefect.preprocess import resize
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
 from eldefect.wakeups import one_per_batch
@@ -41,6 +42,9 @@ INFERENCE_ERROR = "inference_error"
 INTERNAL_ERROR = "internal_error"
 SWEEP_TASK_RUN = "sweep"  # its row in task_runs: when the sweep last ran (the exporter reads it)
 _POLL_S = 0.01  # how often a batch that is not full looks for more jobs within batch_wait_ms
+# A decoded image with more pixels than this many model inputs is resized to the model's input
+# as soon as its statistics are taken, rather than held at full size until the forward pass.
+_SHRINK_PAST_INPUTS = 4
 
 
 class BatchClock:
@@ -129,6 +133,11 @@ def _decode(
         try:
             gray = decode_gray(job.image, max_pixels=max_pixels, min_side=min_side)
             stats = input_statistics(gray)
+            if gray.size > _SHRINK_PAST_INPUTS * min_side**2:
+                # A batch of module-sized images held at full size until the forward pass
+                # would need gigabytes (40 megapixels is 160 MB as float32). Preprocessing
+                # resizes to exactly this size first anyway, so the model's input is unchanged.
+                gray = resize(gray, min_side)[0].numpy()
         except ImageDecodeError as exc:
             errors[job.id] = (exc.code, exc.message)
             continue

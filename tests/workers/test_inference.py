@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from db import lifecycle
@@ -352,3 +354,33 @@ def test_a_worker_whose_batch_outlives_its_lease_stops_reporting_a_model(db_url:
         release.set()
         batch.join(10)
     assert seen().serving == {"inference.gpu": 1}  # the batch ended: serving again
+
+
+def test_a_large_image_is_held_at_the_models_size_with_the_same_model_input(db_url: str) -> None:
+    """Statistics from the full image; then only the model's input size is kept until the
+    forward pass (a batch of module images at full size would need gigabytes), and
+    preprocessing makes the very same model input of it."""
+    from eldefect.preprocess import InputSpec, preprocess_batch, resize
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((300, 500)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    (job_id,) = queued_jobs(db_url, [buffer.getvalue()])
+    seen: list[np.ndarray] = []
+
+    class Recording(FakeModel):
+        def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+            seen.extend(images)
+            return super().predict(images)
+
+    report = process_batch(settings=settings_for(db_url), model_source=Recording)
+    assert report.succeeded == [job_id]
+    assert [image.shape for image in seen] == [(32, 32)]
+    with session_scope(db_url) as session:
+        stats = session.get(InputStats, job_id)
+        assert stats is not None and stats.mean == pytest.approx(pixels.mean() / 255, abs=1e-6)
+    full = pixels.astype(np.float32) / 255
+    spec = InputSpec(size=32, mean=0.5, std=0.25)
+    held = resize(full, 32)[0].numpy()
+    assert np.array_equal(preprocess_batch([held], spec), preprocess_batch([full], spec))
