@@ -9,7 +9,6 @@ writer at a time, `WHERE status = ...` plus the returned rows decide who won):
                               |  \\--fail_jobs--------> failed   (bad image: at once)
                               |--release_jobs-------> queued   (transient error)
     running past its lease --sweep--> queued, or failed/worker_lost after max_attempts
-    queued after max_attempts tries (never claimed again) --sweep--> failed/worker_lost
     queued for too long -----sweep--> queued (enqueued_at bumped; the caller re-sends)
     queued past a limit while no worker serves a model --fail_unserved--> failed/model_unavailable
 
@@ -29,7 +28,7 @@ from sqlalchemy import Insert, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from db.models import InputStats, Job, JobImage, JobStatus, Result
+from db.models import InputStats, Job, JobImage, JobStatus, Result, as_utc
 
 WORKER_LOST = "worker_lost"
 MODEL_UNAVAILABLE = "model_unavailable"
@@ -45,11 +44,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 @dataclass(frozen=True)
 class ClaimedJob:
     """A job this worker now holds, with what it needs to run it."""
@@ -59,6 +53,11 @@ class ClaimedJob:
     created_at: datetime
     started_at: datetime
     attempts: int
+
+    @property
+    def tried_before(self) -> bool:
+        """Claimed before this claim (its worker died): such a job runs alone (claim_jobs)."""
+        return self.attempts > 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,6 @@ def claim_jobs(
     session: Session,
     limit: int,
     lease_s: float,
-    max_attempts: int,
     prefer: str | None = None,
     exclude: Iterable[str] = (),
     fresh_only: bool = False,
@@ -99,12 +97,12 @@ def claim_jobs(
 ) -> list[ClaimedJob]:
     """Move up to `limit` queued jobs to running for this worker, `prefer` first, then oldest.
 
-    A job tried before (its worker died, or it was handed back) is claimed alone and ahead
-    of fresh jobs: if it is what kills workers (an image that exhausts memory or crashes a
-    decoder), it takes no other job down with it the next time, and fails alone once it has
-    been tried `max_attempts` times (a job at that count is left for `sweep` to fail). So a
-    claim is one statement, or two when the first finds no job tried before. `fresh_only`
-    (filling up a batch already claimed) takes only jobs never tried.
+    A job tried before (requeued by `sweep` after its worker died) is claimed alone and
+    ahead of fresh jobs: if it is what kills workers (an image that exhausts memory or
+    crashes a decoder), it takes no other job down with it the next time, and fails alone
+    once its attempts run out. So a claim is one statement, or two when the first finds no
+    job tried before. `fresh_only` (filling up a batch already claimed) takes only jobs
+    never tried.
 
     Each statement is an UPDATE that picks its rows by a subquery and returns each claimed
     job with its image; in an autocommit session (as the worker claims) it is committed as
@@ -117,28 +115,27 @@ def claim_jobs(
     claim = partial(
         _claim, session, lease_s=lease_s, prefer=prefer, exclude=list(exclude), now=now or utcnow()
     )
-    retried = [] if fresh_only else claim(tried=range(1, max_attempts), limit=1)
-    return retried or claim(tried=range(0, 1), limit=limit)
+    retried = [] if fresh_only else claim(tried_before=True, limit=1)
+    return retried or claim(tried_before=False, limit=limit)
 
 
 def _claim(
     session: Session,
     *,
-    tried: range,
+    tried_before: bool,
     limit: int,
     lease_s: float,
     prefer: str | None,
     exclude: list[str],
     now: datetime,
 ) -> list[ClaimedJob]:
-    """One claiming UPDATE over the queued jobs whose `attempts` so far are in `tried`."""
+    """One claiming UPDATE over the queued jobs claimed before (or never claimed)."""
     queued = aliased(Job)  # the candidates' own FROM, never correlated with the UPDATE's
     candidates = (
         select(queued.id)
         .where(
             queued.status == JobStatus.queued,
-            queued.attempts >= tried.start,
-            queued.attempts < tried.stop,
+            queued.attempts > 0 if tried_before else queued.attempts == 0,
         )
         .order_by(case((queued.id == prefer, 0), else_=1), queued.created_at)
         .limit(limit)
@@ -314,7 +311,9 @@ def release_jobs(
     started_at: datetime | None = None,
     now: datetime | None = None,
 ) -> list[str]:
-    """Give running jobs back to the queue (the batch hit a transient error).
+    """Give running jobs back to the queue (the batch hit a transient error, or the worker
+    is stopping). A hand-back is not a try: the claim's count is undone, so the job keeps
+    its place among fresh jobs and `worker_lost` still means what it says.
 
     With `started_at` (the time of the claim being handed back) only that claim is undone: a
     release that comes late, after the sweep requeued the job and another worker claimed it,
@@ -331,6 +330,7 @@ def release_jobs(
             started_at=None,
             lease_expires_at=None,
             enqueued_at=now or utcnow(),
+            attempts=Job.attempts - 1,
         )
         .returning(Job.id)
         .execution_options(synchronize_session=False)
@@ -351,8 +351,7 @@ def sweep(
     - queued with `enqueued_at` older than `requeue_after_s`: `enqueued_at` is bumped and the
       caller re-sends a message (the broker may have dropped the first one);
     - running past `lease_expires_at` (its worker died): back to queued for another try, or
-      `failed` with code `worker_lost` once it has been tried `max_attempts` times;
-    - queued after `max_attempts` tries (handed back on the last one): `failed` the same way.
+      `failed` with code `worker_lost` once it has been tried `max_attempts` times.
     """
     now = now or utcnow()
     report = SweepReport()
@@ -395,15 +394,9 @@ def sweep(
                 .execution_options(synchronize_session=False)
             )
         ]
-    # Out of attempts: running past its lease once more, or handed back on its last try
-    # (claim_jobs no longer takes it).
     give_up = _ids(*expired, Job.attempts >= max_attempts)
-    give_up += _ids(Job.status == JobStatus.queued, Job.attempts >= max_attempts)
     if give_up:
-        message = (
-            f"this job was started {max_attempts} times and never finished: its worker "
-            "stopped (or gave it back after an error) each time"
-        )
+        message = f"the worker running this job stopped {max_attempts} times before finishing it"
         report.failed = fail_jobs(
             session=session,
             errors={job_id: (WORKER_LOST, message) for job_id in give_up},

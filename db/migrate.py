@@ -38,22 +38,11 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def is_embedded(url: str) -> bool:
-    """An embedded SQLite database: a developer's own, not shared by other deployments."""
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-def ready_database(url: str) -> str:
-    """`url`, its schema brought to head first when it is the embedded SQLite database.
-
-    So that `eldefect token create` (or any command reading the database) works on a fresh
-    clone before the gateway ever ran. A shared database (PostgreSQL) is migrated on
-    purpose, by `eldefect db upgrade`, never as a side effect.
-    """
-    if is_embedded(url) and current(url) != head():
-        log.info("bringing the embedded database %s to schema %s", make_url(url).database, head())
+def upgrade_if_behind(url: str) -> None:
+    """Bring the database at `url` to the newest revision, saying so, if it is not there."""
+    if current(url) != head():
+        log.info("bringing the database %s to schema %s", make_url(url).database, head())
         upgrade(url)
-    return url
 
 
 def current(url: str) -> str | None:

@@ -29,6 +29,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def is_embedded(url: str) -> bool:
+    """An embedded SQLite database: a developer's own, not shared by other deployments."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def ready_database(url: str) -> str:
+    """`url`, its schema brought to head first when it is the embedded SQLite database.
+
+    So that `eldefect token create` (or any command reading the database) works on a fresh
+    clone before the gateway ever ran. A shared database (PostgreSQL) is migrated on
+    purpose, by `eldefect db upgrade`, never as a side effect.
+    """
+    if is_embedded(url):
+        from db.migrate import upgrade_if_behind  # Alembic is imported only here
+
+        upgrade_if_behind(url)
+    return url
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine per URL per process (engines own connection pools)."""

@@ -7,7 +7,7 @@ import click
 from db import jobs as crud
 from db.models import TokenRole
 from db.retention import count_prunable, prune_images, retention_cutoff
-from db.session import session_scope
+from db.session import is_embedded, ready_database, session_scope
 from eldefect.settings import Settings, get_settings
 from gateway.arenas import limit_malloc_arenas
 
@@ -19,16 +19,7 @@ def _should_migrate(settings: Settings, flag: bool | None) -> bool:
         return settings.gateway_migrate
     # The embedded SQLite default is a developer's database: bring it up to date at start.
     # Shared databases (PostgreSQL) are migrated on purpose, by `eldefect db upgrade`.
-    from db.migrate import is_embedded
-
     return is_embedded(settings.database_url)
-
-
-def _ready_database(settings: Settings) -> str:
-    # Imported here: the gateway's own process loads Alembic only when it migrates.
-    from db.migrate import ready_database
-
-    return ready_database(settings.database_url)
 
 
 @click.command()
@@ -82,7 +73,7 @@ def token() -> None:
 def token_create(station: str, role: str) -> None:
     """Issue a new token for a station and print it (it is shown only this once)."""
     settings = get_settings()
-    with session_scope(_ready_database(settings)) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         row = crud.get_or_create_station(session=session, name=station)
         plaintext = crud.create_token(session=session, station_id=row.id, role=TokenRole(role))
     click.echo(plaintext)
@@ -92,7 +83,7 @@ def token_create(station: str, role: str) -> None:
 def token_list() -> None:
     """List tokens by station (hash prefix only; tokens are not stored)."""
     settings = get_settings()
-    with session_scope(_ready_database(settings)) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         tokens = crud.list_tokens(session=session)
     if not tokens:
         click.echo("no tokens; create one with `eldefect token create --station NAME`")
@@ -111,7 +102,7 @@ def token_list() -> None:
 def token_revoke(station: str) -> None:
     """Revoke every active token of a station."""
     settings = get_settings()
-    with session_scope(_ready_database(settings)) as session:
+    with session_scope(ready_database(settings.database_url)) as session:
         row = crud.get_station_by_name(session=session, name=station)
         if row is None:
             raise click.ClickException(f"no station named {station!r}")
@@ -164,11 +155,11 @@ def db_prune(days: int | None, dry_run: bool) -> None:
         return
     when = before.strftime("%Y-%m-%d %H:%M:%S UTC")
     if dry_run:
-        with session_scope(_ready_database(settings)) as session:
+        with session_scope(ready_database(settings.database_url)) as session:
             report = count_prunable(session=session, before=before)
         verb = "would delete"
     else:
-        report = prune_images(_ready_database(settings), before=before)
+        report = prune_images(ready_database(settings.database_url), before=before)
         verb = "deleted"
     click.echo(
         f"{verb} {report.images} image(s), {report.bytes / 2**20:.1f} MiB, "

@@ -126,6 +126,8 @@ def _first_line(exc: BaseException) -> str:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DataError):  # a value the database cannot store (NUL in PostgreSQL text)
         message = f"a value in this request cannot be stored: {_first_line(exc)}"
+        # Logged: a value our own code made unstorable would otherwise pass for the client's.
+        log.warning("refused %s %s: %s", request.method, request.url.path, message)
         return error_response(422, "validation_error", message)
     if not is_database_outage(exc):
         return await _unhandled(request, exc)

@@ -6,8 +6,7 @@ from datetime import datetime
 
 import click
 
-from db.migrate import ready_database
-from db.session import session_scope
+from db.session import ready_database, session_scope
 from eldefect.settings import get_settings
 from monitoring.reports import ReportView, latest_reports, run_drift_check
 

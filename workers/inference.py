@@ -13,8 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -28,7 +27,6 @@ from db.task_runs import record_task_run
 from db.workers import QueueCounts, WorkerSeen, live_workers
 from eldefect.broker import INFERENCE_QUEUES, route_inference
 from eldefect.imaging import ImageDecodeError, decode_gray
-from eldefect.preprocess import resize
 from eldefect.settings import Settings
 from eldefect.stats import input_statistics
 from eldefect.wakeups import one_per_batch
@@ -58,14 +56,12 @@ class BatchClock:
     def __init__(self) -> None:
         self._started: dict[int, float] = {}
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        thread = threading.get_ident()
-        self._started[thread] = time.monotonic()
-        try:
-            yield
-        finally:
-            del self._started[thread]
+    def start(self) -> None:
+        """This thread's batch holds claimed jobs from now (their lease runs from the claim)."""
+        self._started[threading.get_ident()] = time.monotonic()
+
+    def stop(self) -> None:
+        self._started.pop(threading.get_ident(), None)
 
     def longest_s(self) -> float:
         """Seconds the oldest running batch has run; 0 when none runs."""
@@ -100,15 +96,13 @@ class BatchReport:
 def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.ClaimedJob]:
     """Claim a batch: what is queued now, then more for up to batch_wait_ms if not full."""
     url, size = settings.database_url, settings.batch_size
-    claim = partial(
-        lifecycle.claim_jobs, lease_s=settings.running_timeout_s, max_attempts=settings.max_attempts
-    )
-    # A claim is one statement: in an autocommit session it is one round trip, and the
-    # claimed rows are committed as it returns.
+    claim = partial(lifecycle.claim_jobs, lease_s=settings.running_timeout_s)
+    # A claim is one or two statements (db/lifecycle.py): in an autocommit session each is one
+    # round trip, and the claimed rows are committed as it returns.
     claiming = get_autocommit_sessionmaker(url)
     with claiming() as session:
         jobs = claim(session=session, limit=size, prefer=prefer)
-    if not jobs or jobs[0].attempts > 1:  # nothing queued, or a job tried before: it runs alone
+    if not jobs or jobs[0].tried_before:  # nothing queued, or a job that runs alone
         return jobs
     deadline = time.monotonic() + settings.batch_wait_ms / 1000.0
     while len(jobs) < size and (remaining := deadline - time.monotonic()) > 0:
@@ -134,10 +128,7 @@ def _decode(
             gray = decode_gray(job.image, max_pixels=max_pixels, min_side=min_side)
             stats = input_statistics(gray)
             if gray.size > _SHRINK_PAST_INPUTS * min_side**2:
-                # A batch of module-sized images held at full size until the forward pass
-                # would need gigabytes (40 megapixels is 160 MB as float32). Preprocessing
-                # resizes to exactly this size first anyway, so the model's input is unchanged.
-                gray = resize(gray, min_side)[0].numpy()
+                gray = _held_at_input_size(gray, min_side)
         except ImageDecodeError as exc:
             errors[job.id] = (exc.code, exc.message)
             continue
@@ -148,6 +139,23 @@ def _decode(
             metrics.DECODE_DURATION.observe(time.perf_counter() - started)
         ready.append((job, gray, stats))
     return ready, errors
+
+
+def _held_at_input_size(gray: np.ndarray, size: int) -> np.ndarray:
+    """The image resized to the model's input, or as it is if that fails (the forward pass
+    then isolates it).
+
+    A batch of module-sized images held at full size until the forward pass would need
+    gigabytes (40 megapixels is 160 MB as float32). Preprocessing resizes to exactly this size
+    first anyway, so the model's input is unchanged.
+    """
+    from eldefect.preprocess import resize  # torch: only worker processes that serve get here
+
+    try:
+        return resize(gray, size)[0].numpy()
+    except (RuntimeError, MemoryError):  # torch's out-of-memory is a RuntimeError
+        log.warning("could not shrink a %s image early; keeping it at full size", gray.shape)
+        return gray
 
 
 def _forward(
@@ -194,7 +202,8 @@ def process_batch(
         report.claimed = [job.id for job in jobs]
         if not jobs:
             return report
-        report.retried_alone = jobs[0].attempts > 1
+        BATCHES.start()
+        report.retried_alone = jobs[0].tried_before
         metrics.record_claimed((job.started_at - job.created_at).total_seconds() for job in jobs)
         ready, errors = _decode(
             jobs, max_pixels=settings.max_image_pixels, min_side=model.input_size
@@ -239,6 +248,8 @@ def process_batch(
     except BaseException:  # the worker is stopping: hand the jobs back now
         _release(settings, jobs, None)
         raise
+    finally:
+        BATCHES.stop()
     log.info(
         "batch of %d: %d succeeded, %d failed, forward pass %.1f ms, %s version %s",
         len(jobs),
@@ -317,8 +328,7 @@ def drain(
     )
     reports: list[BatchReport] = []
     while not reports or _more_may_be_queued(reports[-1], settings.batch_size):
-        with BATCHES.running():
-            reports.append(batch(prefer=None if reports else prefer))
+        reports.append(batch(prefer=None if reports else prefer))
     return reports
 
 

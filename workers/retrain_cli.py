@@ -8,10 +8,9 @@ from pathlib import Path
 import click
 
 from db import retrains
-from db.migrate import ready_database
 from db.models import RetrainTrigger
 from db.reviews import reviewed_images
-from db.session import session_scope
+from db.session import ready_database, session_scope
 from eldefect.settings import get_settings
 
 

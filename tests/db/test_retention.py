@@ -34,9 +34,7 @@ def _submit(session: Session, station_id: str, data: bytes) -> str:
 def _end(session: Session, job_id: str, *, ok: bool, days_ago: float) -> None:
     """Claim the job and end it `days_ago` days back (succeeded with a result, or failed)."""
     when = lifecycle.utcnow() - timedelta(days=days_ago)
-    claimed = lifecycle.claim_jobs(
-        session=session, limit=1, lease_s=60, max_attempts=3, prefer=job_id, now=when
-    )
+    claimed = lifecycle.claim_jobs(session=session, limit=1, lease_s=60, prefer=job_id, now=when)
     assert [job.id for job in claimed] == [job_id]
     if ok:
         outcome = lifecycle.JobOutcome(
@@ -94,7 +92,7 @@ def test_prune_deletes_only_images_of_jobs_ended_before_the_cutoff(db_url: str) 
             .values(created_at=old, enqueued_at=old)
         )
         lifecycle.claim_jobs(
-            session=session, limit=1, lease_s=60, max_attempts=3, prefer=ids["old_running"], now=old
+            session=session, limit=1, lease_s=60, prefer=ids["old_running"], now=old
         )
     before = retention_cutoff(30)
     assert before is not None

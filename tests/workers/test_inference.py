@@ -161,10 +161,8 @@ def test_a_database_error_hands_the_batch_back(
     with session_scope(db_url) as session:
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
     monkeypatch.undo()
-    # Each job handed back is claimed alone now; one wake-up's draining still ends them all.
-    reports = drain(settings=settings_for(db_url), model_source=FakeModel)
-    assert [len(r.claimed) for r in reports] == [1, 1, 0]
-    assert sorted(job for r in reports for job in r.succeeded) == sorted(ids)
+    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
+    assert sorted(report.succeeded) == sorted(ids)
 
 
 def test_run_sweep_sends_one_wake_up_per_batch_of_requeued_jobs(db_url: str) -> None:
@@ -305,8 +303,8 @@ def test_claims_the_database_cannot_take_back_are_held_and_released_when_it_retu
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
     assert [sorted(batch) for batch in woken] == [sorted(ids)]
     monkeypatch.undo()
-    reports = drain(settings=settings_for(db_url), model_source=FakeModel)  # the one wake-up
-    assert sorted(job for r in reports for job in r.succeeded) == sorted(ids)
+    report = process_batch(settings=settings_for(db_url), model_source=FakeModel)
+    assert sorted(report.succeeded) == sorted(ids)
 
 
 def test_a_worker_whose_batch_outlives_its_lease_stops_reporting_a_model(db_url: str) -> None:
@@ -360,7 +358,7 @@ def test_a_large_image_is_held_at_the_models_size_with_the_same_model_input(db_u
     """Statistics from the full image; then only the model's input size is kept until the
     forward pass (a batch of module images at full size would need gigabytes), and
     preprocessing makes the very same model input of it."""
-    from eldefect.preprocess import InputSpec, preprocess_batch, resize
+    from eldefect.preprocess import InputSpec, preprocess_batch
 
     rng = np.random.default_rng(0)
     pixels = (rng.random((300, 500)) * 255).astype(np.uint8)
@@ -382,5 +380,4 @@ def test_a_large_image_is_held_at_the_models_size_with_the_same_model_input(db_u
         assert stats is not None and stats.mean == pytest.approx(pixels.mean() / 255, abs=1e-6)
     full = pixels.astype(np.float32) / 255
     spec = InputSpec(size=32, mean=0.5, std=0.25)
-    held = resize(full, 32)[0].numpy()
-    assert np.array_equal(preprocess_batch([held], spec), preprocess_batch([full], spec))
+    assert np.array_equal(preprocess_batch(seen, spec), preprocess_batch([full], spec))

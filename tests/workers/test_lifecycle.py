@@ -39,9 +39,7 @@ def _jobs(url: str, n: int, **kwargs: object) -> list[str]:
 def test_claim_takes_the_preferred_job_first_then_the_oldest(db_url: str) -> None:
     ids = _jobs(db_url, 5)
     with session_scope(db_url) as session:
-        claimed = lifecycle.claim_jobs(
-            session=session, limit=3, lease_s=60, max_attempts=3, prefer=ids[4]
-        )
+        claimed = lifecycle.claim_jobs(session=session, limit=3, lease_s=60, prefer=ids[4])
     assert [job.id for job in claimed] == [ids[4], ids[0], ids[1]]
     assert all(job.image.startswith(b"\x89PNG") and job.attempts == 1 for job in claimed)
     with session_scope(db_url) as session:
@@ -54,15 +52,11 @@ def test_claim_takes_the_preferred_job_first_then_the_oldest(db_url: str) -> Non
 def test_claim_never_hands_out_a_job_twice(db_url: str) -> None:
     ids = _jobs(db_url, 4)
     with session_scope(db_url) as session:
-        first = lifecycle.claim_jobs(
-            session=session, limit=3, lease_s=60, max_attempts=3, prefer=ids[3]
-        )
+        first = lifecycle.claim_jobs(session=session, limit=3, lease_s=60, prefer=ids[3])
     with session_scope(db_url) as session:
-        second = lifecycle.claim_jobs(
-            session=session, limit=3, lease_s=60, max_attempts=3, prefer=ids[3]
-        )
+        second = lifecycle.claim_jobs(session=session, limit=3, lease_s=60, prefer=ids[3])
     with session_scope(db_url) as session:
-        third = lifecycle.claim_jobs(session=session, limit=3, lease_s=60, max_attempts=3)
+        third = lifecycle.claim_jobs(session=session, limit=3, lease_s=60)
     assert len(first) == 3 and len(second) == 1 and third == []
     assert {j.id for j in first} | {j.id for j in second} == set(ids)
 
@@ -72,10 +66,10 @@ def test_concurrent_claims_get_disjoint_jobs(db_url: str) -> None:
     maker = get_sessionmaker(db_url)
     a, b = maker(), maker()
     try:
-        got_a = lifecycle.claim_jobs(session=a, limit=3, lease_s=60, max_attempts=3)
+        got_a = lifecycle.claim_jobs(session=a, limit=3, lease_s=60)
         if db_url.startswith("sqlite"):
             a.commit()  # SQLite has one writer: the second claim waits for the first
-        got_b = lifecycle.claim_jobs(session=b, limit=6, lease_s=60, max_attempts=3)
+        got_b = lifecycle.claim_jobs(session=b, limit=6, lease_s=60)
         a.commit()
         b.commit()
     finally:
@@ -89,7 +83,7 @@ def test_concurrent_claims_get_disjoint_jobs(db_url: str) -> None:
 def test_record_results_is_idempotent(db_url: str) -> None:
     ids = _jobs(db_url, 2)
     with session_scope(db_url) as session:
-        lifecycle.claim_jobs(session=session, limit=2, lease_s=60, max_attempts=3)
+        lifecycle.claim_jobs(session=session, limit=2, lease_s=60)
     for _ in range(2):  # a redelivered message writes the same outcome again
         with session_scope(db_url) as session:
             written = lifecycle.record_results(
@@ -112,7 +106,7 @@ def test_record_results_is_idempotent(db_url: str) -> None:
 def test_failed_job_keeps_its_reason_and_gets_no_late_result(db_url: str) -> None:
     ids = _jobs(db_url, 1)
     with session_scope(db_url) as session:
-        lifecycle.claim_jobs(session=session, limit=1, lease_s=60, max_attempts=3)
+        lifecycle.claim_jobs(session=session, limit=1, lease_s=60)
         assert lifecycle.fail_jobs(
             session=session, errors={ids[0]: ("corrupt_image", "the image data cannot be decoded")}
         ) == [ids[0]]
@@ -137,48 +131,22 @@ def test_failed_job_keeps_its_reason_and_gets_no_late_result(db_url: str) -> Non
 def test_release_gives_claimed_jobs_back(db_url: str) -> None:
     ids = _jobs(db_url, 2)
     with session_scope(db_url) as session:
-        lifecycle.claim_jobs(session=session, limit=2, lease_s=60, max_attempts=3)
+        lifecycle.claim_jobs(session=session, limit=2, lease_s=60)
     with session_scope(db_url) as session:
         assert sorted(lifecycle.release_jobs(session=session, job_ids=ids)) == sorted(ids)
-    with session_scope(db_url) as session:  # each one tried before: claimed alone
-        again = [lifecycle.claim_jobs(session=session, limit=5, lease_s=60, max_attempts=3)]
-        again.append(lifecycle.claim_jobs(session=session, limit=5, lease_s=60, max_attempts=3))
-    assert [[j.id for j in claim] for claim in again] == [[ids[0]], [ids[1]]]
-
-
-def test_a_job_tried_before_is_claimed_alone_ahead_of_fresh_ones(db_url: str) -> None:
-    """A job whose worker died may be what killed it: it must not take a batch down again."""
-    fresh = _jobs(db_url, 3)
-    (retried,) = _jobs(db_url, 1, attempts=1)
-    (spent,) = _jobs(db_url, 1, attempts=3)
-    claims = []
     with session_scope(db_url) as session:
-        for _ in range(3):
-            claimed = lifecycle.claim_jobs(
-                session=session, limit=16, lease_s=60, max_attempts=3, prefer=fresh[1]
-            )
-            claims.append([(job.id, job.attempts) for job in claimed])
-    assert claims == [[(retried, 2)], [(fresh[1], 1), (fresh[0], 1), (fresh[2], 1)], []]
-    with session_scope(db_url) as session:  # out of attempts: the sweep fails it, unclaimed
-        report = lifecycle.sweep(session=session, requeue_after_s=60, max_attempts=3)
-        assert report.failed == [spent]
-        job = session.get(Job, spent)
-        assert job is not None and job.error_code == lifecycle.WORKER_LOST
-        assert job.error_message is not None and "started 3 times" in job.error_message
+        again = lifecycle.claim_jobs(session=session, limit=5, lease_s=60)
+    assert sorted(j.id for j in again) == sorted(ids)
 
 
 def test_a_late_release_does_not_undo_a_later_claim(db_url: str) -> None:
     (job_id,) = _jobs(db_url, 1)
     with session_scope(db_url) as session:
-        (first,) = lifecycle.claim_jobs(session=session, limit=1, lease_s=60, max_attempts=3)
+        (first,) = lifecycle.claim_jobs(session=session, limit=1, lease_s=60)
     with session_scope(db_url) as session:  # the sweep requeued it; another worker claims it
         lifecycle.release_jobs(session=session, job_ids=[job_id])
         (second,) = lifecycle.claim_jobs(
-            session=session,
-            limit=1,
-            lease_s=60,
-            max_attempts=3,
-            now=first.started_at + timedelta(seconds=1),
+            session=session, limit=1, lease_s=60, now=first.started_at + timedelta(seconds=1)
         )
     with session_scope(db_url) as session:
         late = lifecycle.release_jobs(
@@ -232,3 +200,26 @@ def test_sweep_resends_stale_requeues_expired_and_fails_exhausted(db_url: str) -
     with session_scope(db_url) as session:  # a second sweep right after finds nothing
         again = lifecycle.sweep(session=session, requeue_after_s=60, max_attempts=3, now=now)
     assert again.to_enqueue == [] and again.failed == []
+
+
+def test_a_job_whose_worker_died_is_claimed_alone_ahead_of_fresh_ones(db_url: str) -> None:
+    """It may be what killed the worker: it must not take a batch down with it again."""
+    fresh = _jobs(db_url, 3)
+    (retried,) = _jobs(db_url, 1, attempts=1)  # requeued by the sweep after its lease
+    claims = []
+    with session_scope(db_url) as session:
+        for _ in range(3):
+            claimed = lifecycle.claim_jobs(session=session, limit=16, lease_s=60, prefer=fresh[1])
+            claims.append([(job.id, job.attempts) for job in claimed])
+    assert claims == [[(retried, 2)], [(fresh[1], 1), (fresh[0], 1), (fresh[2], 1)], []]
+
+
+def test_a_hand_back_is_not_a_try(db_url: str) -> None:
+    """Jobs handed back (a database error, a worker stopping) keep their count and their batch."""
+    ids = _jobs(db_url, 2)
+    with session_scope(db_url) as session:
+        lifecycle.claim_jobs(session=session, limit=2, lease_s=60)
+        lifecycle.release_jobs(session=session, job_ids=ids)
+    with session_scope(db_url) as session:
+        again = lifecycle.claim_jobs(session=session, limit=5, lease_s=60)
+    assert sorted((j.id, j.attempts) for j in again) == sorted((i, 1) for i in ids)
