@@ -40,8 +40,9 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def upgrade_if_behind(url: str) -> None:
     """Bring the database at `url` to the newest revision, saying so, if it is not there."""
-    if current(url) != head():
-        log.info("bringing the database %s to schema %s", make_url(url).database, head())
+    newest = head()
+    if current(url) != newest:
+        log.info("bringing the database %s to schema %s", make_url(url).database, newest)
         upgrade(url)
 
 
