@@ -7,6 +7,7 @@ test_up.py).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -47,19 +48,23 @@ def _use(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
 def submit(url: str, images: list[bytes], *, send: bool = True, messages: int = 0) -> list[str]:
     """Store jobs as the gateway would, then send one wake-up message per job (or only the
     first `messages`)."""
-    from workers.app import create_app
-
     with session_scope(url) as session:
         station = make_station(session)
         ids = [make_job(session, station=station, data=data).id for data in images]
     if send:
-        client = create_app()
-        try:
-            for job_id in ids[: messages or None]:
-                client.send_task("eldefect.infer", args=[job_id], queue="inference.cpu")
-        finally:
-            client.close()
+        send_wake_ups(ids[: messages or None])
     return ids
+
+
+def send_wake_ups(job_ids: list[str]) -> None:
+    from workers.app import create_app
+
+    client = create_app()
+    try:
+        for job_id in job_ids:
+            client.send_task("eldefect.infer", args=[job_id], queue="inference.cpu")
+    finally:
+        client.close()
 
 
 @pytest.fixture(
@@ -271,7 +276,12 @@ def test_a_killed_workers_leases_are_back_in_service_within_lease_plus_one_sweep
     victim = start_worker(tmp_path, "victim", ELDEFECT_BATCH_SIZE="64")
     survivor = start_worker(tmp_path, "survivor", ELDEFECT_BATCH_SIZE="16")
     try:
-        ids = submit(url, [png_bytes(i) for i in range(500)])
+        ids = submit(url, [png_bytes(i) for i in range(500)], send=False)
+        # The wake-ups go out while this thread watches: the two workers drain the backlog in
+        # about a second, so a watch that began only after the 500th message (slow on a busy
+        # machine) could find it gone.
+        sender = threading.Thread(target=send_wake_ups, args=(ids,))
+        sender.start()
         # More running jobs than the survivor can hold means the victim is mid-batch. It is
         # frozen before it is counted, so that it cannot finish the batch between count and kill.
         deadline = time.monotonic() + 60
@@ -286,6 +296,7 @@ def test_a_killed_workers_leases_are_back_in_service_within_lease_plus_one_sweep
             time.sleep(0.005)
         victim.kill()
         killed_at, killed_mono = lifecycle.utcnow(), time.monotonic()
+        sender.join()
 
         def back_in_service() -> bool:  # finished, queued again, or claimed again since
             return all(started is None or started > killed_at for _, started in _open(url, leased))
