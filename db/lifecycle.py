@@ -18,7 +18,7 @@ values. db imports nothing of ours, so timings and model names come in as argume
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -91,7 +91,6 @@ def claim_jobs(
     limit: int,
     lease_s: float,
     prefer: str | None = None,
-    exclude: Iterable[str] = (),
     fresh_only: bool = False,
     now: datetime | None = None,
 ) -> list[ClaimedJob]:
@@ -112,9 +111,7 @@ def claim_jobs(
     """
     if limit <= 0:
         return []
-    claim = partial(
-        _claim, session, lease_s=lease_s, prefer=prefer, exclude=list(exclude), now=now or utcnow()
-    )
+    claim = partial(_claim, session, lease_s=lease_s, prefer=prefer, now=now or utcnow())
     retried = [] if fresh_only else claim(tried_before=True, limit=1)
     return retried or claim(tried_before=False, limit=limit)
 
@@ -126,7 +123,6 @@ def _claim(
     limit: int,
     lease_s: float,
     prefer: str | None,
-    exclude: list[str],
     now: datetime,
 ) -> list[ClaimedJob]:
     """One claiming UPDATE over the queued jobs claimed before (or never claimed)."""
@@ -141,8 +137,6 @@ def _claim(
         .limit(limit)
         .with_for_update(skip_locked=True)  # ignored on SQLite
     )
-    if exclude:
-        candidates = candidates.where(queued.id.not_in(exclude))
     # Computed once: PostgreSQL may rescan a plain subquery for each row the UPDATE visits,
     # and every rescan skips the rows this statement has already locked, taking the next.
     picked = candidates.cte("picked").prefix_with("MATERIALIZED")

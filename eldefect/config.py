@@ -145,6 +145,12 @@ class OptimConfig(_Strict):
         description="Keep an exponential moving average of the weights; it is what is "
         "validated and shipped. None: the raw weights.",
     )
+    focal_gamma: float = Field(
+        0.0,
+        ge=0,
+        description="Scale each label's loss by (1 - p_true)^gamma (focal loss), so labels "
+        "the model already gets right weigh less; 0: the plain weighted cross-entropy.",
+    )
     sampling: Literal["shuffle", "balanced"] = Field(
         "shuffle",
         description="balanced: draw images (with replacement) by their rarest class, "

@@ -1,9 +1,10 @@
 """Training: `eldefect train --config FILE` reads top to bottom from `train()`.
 
-Seeded stratified split -> decode once into a cache -> augmented training epochs with
-BCEWithLogitsLoss (tempered positive weights) and AdamW under a warm-up + cosine schedule ->
-validation every epoch, early stopping on the selection metric, best weights restored ->
-per-class thresholds on validation -> everything logged to MLflow with the model and its card.
+Seeded stratified split -> decode once into a cache -> augmented training epochs with binary
+cross-entropy (tempered positive weights, optionally focal) and AdamW under a warm-up +
+cosine schedule -> validation every epoch, early stopping on the selection metric, best weights
+restored -> per-class thresholds on validation -> everything logged to MLflow with the model
+and its card.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
 from eldefect.data.split import validation_split
 from eldefect.data.synth import write_synthetic_dataset
 from eldefect.labels import LabelSet, load_label_set
+from eldefect.losses import FocalBCE
 from eldefect.metrics import (
     ClassMetrics,
     format_table,
@@ -376,7 +378,7 @@ def train(
     # Model, loss, optimiser, schedule.
     model = build_model(config.model, len(labels)).to(dev).to(memory_format=torch.channels_last)
     pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight).to(dev)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    criterion = FocalBCE(pos_weight, config.optim.focal_gamma)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )

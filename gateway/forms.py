@@ -21,6 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from gateway.errors import ApiError
+from gateway.schemas import NUL_REFUSAL, StoredText
 
 ID_MAX_LENGTH = 200  # module_id, cell_id (the columns' length)
 MANIFEST_MAX_LENGTH = 1024 * 1024
@@ -37,9 +38,8 @@ def invalid(message: str) -> ApiError:
 
 
 def refuse_nul(name: str, value: str) -> None:
-    # The databases' text columns cannot store NUL (PostgreSQL refuses it outright).
     if "\x00" in value:
-        raise invalid(f"{name}: must not contain NUL (\\u0000) characters")
+        raise invalid(f"{name}: {NUL_REFUSAL}")
 
 
 @dataclass
@@ -105,8 +105,8 @@ class ManifestEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    module_id: str | None = Field(None, max_length=ID_MAX_LENGTH)
-    cell_id: str | None = Field(None, max_length=ID_MAX_LENGTH)
+    module_id: StoredText | None = Field(None, max_length=ID_MAX_LENGTH)
+    cell_id: StoredText | None = Field(None, max_length=ID_MAX_LENGTH)
 
 
 _MANIFEST = TypeAdapter(list[ManifestEntry])
@@ -141,17 +141,15 @@ def batch_ids(form: UploadForm, count: int) -> list[tuple[str | None, str | None
         manifest = _MANIFEST.validate_python(json.loads(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise invalid(f"manifest[{where}]: {first['msg']}") from None
+        index, *keys = first["loc"]
+        where = "".join(f".{key}" for key in keys)
+        raise invalid(f"manifest[{index}]{where}: {first['msg']}") from None
     except ValueError as exc:  # not JSON at all
         raise invalid(
             f"manifest: expected a JSON list of {{'module_id', 'cell_id'}} objects ({exc})"
         ) from None
     if len(manifest) != count:
         raise invalid(f"manifest: {len(manifest)} entries for {count} files; one per file")
-    for i, entry in enumerate(manifest):
-        for key in ("module_id", "cell_id"):
-            refuse_nul(f"manifest[{i}].{key}", getattr(entry, key) or "")
     return [
         (entry.module_id or module_id, entry.cell_id or cell_id)
         for entry, module_id, cell_id in zip(manifest, module_ids, cell_ids, strict=True)

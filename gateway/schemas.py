@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
 from db.models import Job, JobStatus, RetrainTrigger, Review
 
@@ -19,6 +19,20 @@ def iso_utc(value: datetime) -> str:
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
+
+NUL_REFUSAL = "must not contain NUL (\\u0000) characters"
+
+
+def _storable(value: str) -> str:
+    # The databases' text columns cannot hold NUL: PostgreSQL refuses it and SQLite would
+    # keep it, so it is refused on both, before anything is stored.
+    if "\x00" in value:
+        raise ValueError(NUL_REFUSAL)
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(_storable)]
+"""Free text a client sends that goes into a text column."""
 
 UtcDatetime = Annotated[
     datetime,
@@ -60,7 +74,7 @@ class ReviewCreate(BaseModel):
         description="Every defect the image really shows (labels of the model's label set); "
         "an empty list says the cell is defect-free.",
     )
-    comment: str | None = Field(None, max_length=4000)
+    comment: StoredText | None = Field(None, max_length=4000)
 
 
 class ReviewPublic(BaseModel):
@@ -185,7 +199,7 @@ class DriftReportList(BaseModel):
 class RetrainCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(
+    reason: StoredText = Field(
         min_length=1, max_length=2000, description="Why, for the record (free text)."
     )
 

@@ -1,5 +1,6 @@
 """Training options aimed at speed and at rare classes: precision, weight EMA, sampling, the
-time budget that shortens the schedule, and soft targets from labelled confidences."""
+focal loss, the time budget that shortens the schedule, and soft targets from labelled
+confidences."""
 
 from __future__ import annotations
 
@@ -90,11 +91,19 @@ def test_weight_average_is_an_exponential_moving_average() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("precision", "ema_decay", "sampling"),
-    [("fp32", None, "shuffle"), ("bf16", None, "shuffle"), ("bf16", 0.9, "balanced")],
+    ("precision", "ema_decay", "sampling", "focal_gamma"),
+    [
+        ("fp32", None, "shuffle", 0.0),
+        ("bf16", None, "shuffle", 0.0),
+        ("bf16", 0.9, "balanced", 2.0),
+    ],
 )
 def test_the_synthetic_classes_are_learned_with_each_option(
-    settings_env: Path, precision: str, ema_decay: float | None, sampling: str
+    settings_env: Path,
+    precision: str,
+    ema_decay: float | None,
+    sampling: str,
+    focal_gamma: float,
 ) -> None:
     config = load_train_config(CONFIG)
     config.data.synthetic_n = 200
@@ -102,6 +111,7 @@ def test_the_synthetic_classes_are_learned_with_each_option(
     config.optim.precision = precision  # type: ignore[assignment]
     config.optim.ema_decay = ema_decay
     config.optim.sampling = sampling  # type: ignore[assignment]
+    config.optim.focal_gamma = focal_gamma
     outcome = train(config, progress=False)
     assert np.isfinite(outcome.validation.loss)
     # Six short epochs: ~0.71 with each option when written; an untrained model scores the

@@ -9,8 +9,11 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import DataError
 
+from gateway.errors import install_error_handlers
 from tests.gateway import factories
 from tests.gateway.test_jobs_api import assert_error
 
@@ -91,3 +94,22 @@ def test_gateway_warns_loudly_when_auth_is_off(
 
     warnings = [r for r in caplog.records if "AUTHENTICATION IS OFF" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+def test_a_value_the_database_cannot_store_is_a_logged_422(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The net under the schemas' own checks: a DataError the code did not foresee."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/store")
+    def store() -> None:
+        raise DataError("INSERT ...", {}, ValueError("invalid byte sequence for encoding"))
+
+    with caplog.at_level(logging.WARNING, logger="gateway.errors"):
+        answer = TestClient(app).post("/store")
+    assert_error(answer, 422, "validation_error")
+    message = answer.json()["error"]["message"]
+    assert message == "a value in this request cannot be stored: invalid byte sequence for encoding"
+    assert message in caplog.text

@@ -129,6 +129,22 @@ def test_review_of_an_unknown_job_is_404_and_a_bad_body_422(
     assert_error(bad, 422, "validation_error")
 
 
+def test_free_text_with_nul_is_refused_naming_the_field(
+    client: TestClient, auth: dict[str, str], operator: dict[str, str]
+) -> None:
+    """SQLite would store a NUL that PostgreSQL refuses: refused on both, before storing."""
+    job_id = succeeded_job(client, auth)
+    refused = review(client, operator, job_id, [], comment="ok\x00")
+    assert_error(refused, 422, "validation_error")
+    assert refused.json()["error"]["message"].startswith("comment: ")
+    assert "NUL" in refused.json()["error"]["message"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["review"] is None
+    refused = client.post("/v1/retrains", json={"reason": "new\x00camera"}, headers=operator)
+    assert_error(refused, 422, "validation_error")
+    assert refused.json()["error"]["message"].startswith("reason: ")
+    assert client.get("/v1/retrains", headers=operator).json()["retrains"] == []
+
+
 def test_reviews_since_and_limit(
     client: TestClient, auth: dict[str, str], operator: dict[str, str]
 ) -> None:

@@ -315,11 +315,12 @@ def test_a_worker_whose_batch_outlives_its_lease_stops_reporting_a_model(db_url:
     from workers.model_cache import ModelState
 
     queued_jobs(db_url, [png_bytes(0)])
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     class HungModel(FakeModel):
         def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
-            release.wait(10)
+            entered.set()
+            release.wait(30)
             return super().predict(images)
 
     settings = settings_for(db_url, running_timeout_s=0.3)
@@ -343,14 +344,19 @@ def test_a_worker_whose_batch_outlives_its_lease_stops_reporting_a_model(db_url:
     batch = threading.Thread(target=drain, kwargs={"settings": settings, "model_source": HungModel})
     batch.start()
     try:
-        time.sleep(0.5)
+        # On a loaded machine the claim itself can take longer than the lease, so wait for
+        # the forward pass to begin, then for the lease to run out, instead of a fixed nap.
+        assert entered.wait(20), "the batch never reached the forward pass"
+        deadline = time.monotonic() + 20
+        while seen().serving and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert seen().serving == {}
         with session_scope(db_url) as session:
             (row,) = live_workers(session=session, stale_after_s=60)
         assert row.model_error is not None and "looks stuck" in row.model_error
     finally:
         release.set()
-        batch.join(10)
+        batch.join(30)
     assert seen().serving == {"inference.gpu": 1}  # the batch ended: serving again
 
 
