@@ -71,11 +71,22 @@ def create_review(
 def list_reviews(
     *, session: Session, since: datetime | None = None, limit: int = 100
 ) -> list[Review]:
-    """Reviews newest first (every review, superseded ones too), optionally after `since`."""
-    query = select(Review).order_by(Review.created_at.desc(), Review.id.desc()).limit(limit)
-    if since is not None:
-        query = query.where(Review.created_at > as_utc(since))
-    return list(session.scalars(query))
+    """Every review, superseded ones too: the latest `limit`, newest first; or, given `since`,
+    the first `limit` made after it, oldest first.
+
+    With `since` the order turns so that a client can read everything by paging: the next
+    `since` is the last review's time. Newest first there would hand back the latest `limit`
+    and silently skip the older ones between `since` and them.
+    """
+    if since is None:
+        query = select(Review).order_by(Review.created_at.desc(), Review.id.desc())
+    else:
+        query = (
+            select(Review)
+            .where(Review.created_at > as_utc(since))
+            .order_by(Review.created_at, Review.id)
+        )
+    return list(session.scalars(query.limit(limit)))
 
 
 def count_reviewed_jobs(*, session: Session, after: datetime | None = None) -> int:

@@ -14,10 +14,14 @@ if TYPE_CHECKING:
     from monitoring.reports import ReportView  # numpy: imported where reports are read
 
 
-def iso_utc(value: datetime) -> str:
+def iso_utc(value: datetime, timespec: str = "seconds") -> str:
     """ISO-8601 in UTC with a trailing Z (SQLite gives naive datetimes, stored as UTC)."""
     value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return value.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def _iso_utc_us(value: datetime) -> str:
+    return iso_utc(value, "microseconds")
 
 
 NUL_REFUSAL = "must not contain NUL (\\u0000) characters"
@@ -39,6 +43,14 @@ UtcDatetime = Annotated[
     PlainSerializer(iso_utc, return_type=str, when_used="json"),
     Field(json_schema_extra={"example": "2026-11-27T10:00:00Z"}),
 ]
+
+CursorDatetime = Annotated[
+    datetime,
+    PlainSerializer(_iso_utc_us, return_type=str, when_used="json"),
+    Field(json_schema_extra={"example": "2026-11-27T10:00:00.123456Z"}),
+]
+"""A time a client passes back as `since` to page on: to the microsecond, as stored, so
+that rows made within one second are not handed out again or skipped."""
 
 
 class ErrorDetail(BaseModel):
@@ -84,7 +96,7 @@ class ReviewPublic(BaseModel):
     job_id: str
     defects: list[str]
     comment: str | None
-    reviewed_at: UtcDatetime
+    reviewed_at: CursorDatetime
     reviewer: str | None = Field(description="The operator token's station name.")
     model: ModelRef = Field(description="The model whose result was reviewed.")
 
@@ -102,7 +114,9 @@ class ReviewPublic(BaseModel):
 
 
 class ReviewList(BaseModel):
-    reviews: list[ReviewPublic] = Field(description="Newest first; superseded ones included.")
+    reviews: list[ReviewPublic] = Field(
+        description="Newest first, or oldest first after `since`; superseded ones included."
+    )
 
 
 class JobPublic(BaseModel):

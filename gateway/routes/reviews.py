@@ -52,10 +52,14 @@ def list_reviews(
     _caller: OperatorDep,
     session: SessionDep,
     since: Annotated[
-        datetime | None, Query(description="Only reviews made after this time (ISO 8601).")
+        datetime | None,
+        Query(
+            description="Only reviews made after this time (ISO 8601), oldest first: "
+            "page on with the last one's reviewed_at."
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ReviewList:
-    """Reviews, newest first."""
+    """The latest reviews, newest first; with `since`, the reviews after it, oldest first."""
     rows = reviews.list_reviews(session=session, since=since, limit=limit)
     return ReviewList(reviews=[ReviewPublic.from_review(r) for r in rows])

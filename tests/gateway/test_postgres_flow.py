@@ -12,6 +12,7 @@ from db.migrate import upgrade
 from tests.gateway import factories
 from tests.gateway.conftest import issue_token, job_count
 from tests.gateway.test_jobs_api import BAD_INPUTS, ISO_Z, JOB_KEYS, assert_error
+from tests.gateway.test_operators_api import assert_paging_reads_every_review_once
 
 pytestmark = pytest.mark.postgres
 
@@ -136,3 +137,10 @@ def test_nul_characters_are_refused_with_the_field_named_not_a_500(
     )
     assert_error(comment, 422, "validation_error")
     assert "comment" in comment.json()["error"]["message"]
+
+
+def test_reviews_page_on_postgres(pg_client: TestClient, postgres_url: str) -> None:
+    """timestamptz keeps the microseconds the cursor hands out."""
+    auth = {"Authorization": f"Bearer {issue_token(postgres_url, 'line-1')}"}
+    operator = {"Authorization": f"Bearer {issue_token(postgres_url, 'lab', role='operator')}"}
+    assert_paging_reads_every_review_once(pg_client, auth, operator)
