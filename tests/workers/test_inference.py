@@ -116,7 +116,9 @@ def test_batch_waits_for_more_jobs_within_batch_wait(db_url: str) -> None:
     thread.start()
     model = FakeModel()
     report = process_batch(
-        settings=settings_for(db_url, batch_wait_ms=1500, batch_size=3),
+        settings=settings_for(
+            db_url, batch_wait_ms=20_000, batch_size=3
+        ),  # full at 3: no 20 s wait
         model_source=lambda: model,
         prefer=first[0],
     )
