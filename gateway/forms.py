@@ -141,9 +141,11 @@ def batch_ids(form: UploadForm, count: int) -> list[tuple[str | None, str | None
         manifest = _MANIFEST.validate_python(json.loads(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
-        index, *keys = first["loc"]
-        where = "".join(f".{key}" for key in keys)
-        raise invalid(f"manifest[{index}]{where}: {first['msg']}") from None
+        # (0, "cell_id") -> manifest[0].cell_id; () (not a list at all) -> manifest
+        where = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+        )
+        raise invalid(f"manifest{where}: {first['msg']}") from None
     except ValueError as exc:  # not JSON at all
         raise invalid(
             f"manifest: expected a JSON list of {{'module_id', 'cell_id'}} objects ({exc})"

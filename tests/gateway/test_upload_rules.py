@@ -147,9 +147,17 @@ def test_batch_manifest_names_each_file_and_wins_over_the_fields(
         ({"manifest": json.dumps([{"cell_id": "C-01"}])}, "manifest"),  # 1 entry for 3 files
         ({"manifest": "not json"}, "manifest"),
         ({"manifest": json.dumps([{"cel_id": "typo"}] * 3)}, "manifest"),
-        ({"manifest": json.dumps([{"module_id": "m" * 201}] * 3)}, "manifest"),
+        ({"manifest": json.dumps([{"module_id": "m" * 201}] * 3)}, "manifest[0].module_id"),
+        ({"manifest": json.dumps({"cell_id": "C-01"})}, "manifest: Input should be a valid list"),
     ],
-    ids=["count", "manifest_count", "manifest_json", "manifest_key", "manifest_length"],
+    ids=[
+        "count",
+        "manifest_count",
+        "manifest_json",
+        "manifest_key",
+        "manifest_length",
+        "manifest_not_a_list",
+    ],
 )
 def test_batch_ids_that_do_not_fit_the_files_are_422_and_make_no_job(
     client: TestClient, auth: dict[str, str], data: dict[str, str | list[str]], names: str
