@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="eldefect gateway",
+        # /v1/jobs/ is not /v1/jobs: a 404 in the contract's shape, not a bodiless 307
+        redirect_slashes=False,
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
@@ -97,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Refuses a declared length over the limit before routing, so before the token is read:
     # a 413 then costs no more than a 401.
-    app.add_middleware(ContentLengthLimit, limits=limits)
+    app.add_middleware(ContentLengthLimit, limits=limits, default=FORM_OVERHEAD_BYTES)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the refusals above as well
     app.include_router(health.router)
     # Streamed bodies (no Content-Length) are cut off at the same limits while being read.

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from db.jobs import caller_for_token, get_or_create_station
@@ -150,6 +152,30 @@ def require_operator(caller: CallerDep) -> Caller:
 
 CurrentStation = Annotated[StationRef, Depends(get_current_station)]
 OperatorDep = Annotated[Caller, Depends(require_operator)]
+
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
+
+
+def operator_json(model: type[BodyT]) -> Callable[..., Awaitable[BodyT]]:
+    """A dependency: the request's JSON body as `model`, read once the caller is an operator.
+
+    FastAPI parses a body parameter before any dependency runs, so with one a malformed body
+    would answer 422 to a caller whose token deserves a 401 or 403, and anyone could make the
+    gateway parse a megabyte of JSON. The route documents the body with `json_body(model)`.
+    """
+
+    async def read(request: Request, _caller: OperatorDep) -> BodyT:
+        raw = await request.body()
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in errors]
+            ) from None
+
+    return read
 
 
 def get_enqueuer(request: Request) -> Enqueuer:

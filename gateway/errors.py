@@ -90,7 +90,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+    loc = [str(part) for part in error.get("loc", ())]
+    if loc[:1] == ["body"] and len(loc) > 1:  # ("body", "defects") -> "defects"
+        loc = loc[1:]
     where = ".".join(loc) or "request"
     return f"{where}: {error.get('msg', 'invalid')}"
 
@@ -156,22 +158,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class ContentLengthLimit:
-    """Refuse a POST whose declared Content-Length passes its path's limit, before routing.
+    """Refuse a request whose declared Content-Length passes its path's limit, before routing.
 
-    FastAPI's own per-route body limit (set in create_app) counts streamed bytes too, but
-    answers a too-long declared length in plain text; this answers it in the contract's shape.
+    The upload paths have their own limits, every other path `default`. FastAPI's per-route
+    body limit (set in create_app) counts streamed bytes too, but answers a too-long declared
+    length in plain text; this answers it in the contract's shape, on every route.
     """
 
-    def __init__(self, app: ASGIApp, limits: Mapping[str, int]) -> None:
+    def __init__(self, app: ASGIApp, limits: Mapping[str, int], default: int) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            limit = self.limits.get(scope.get("path", "").rstrip("/"))
+        if scope["type"] == "http":
+            limit = self.limits.get(scope.get("path", "").rstrip("/"), self.default)
             declared = Headers(scope=scope).get("content-length")
-            too_long = declared is not None and declared.isdigit() and int(declared) > (limit or 0)
-            if limit is not None and too_long:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
                 response = error_response(
                     413,
                     "file_too_large",

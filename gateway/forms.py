@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from python_multipart.multipart import parse_options_header
@@ -21,7 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from gateway.errors import ApiError
-from gateway.schemas import NUL_REFUSAL, StoredText
+from gateway.schemas import NUL_REFUSAL, STORABLE
 
 ID_MAX_LENGTH = 200  # module_id, cell_id (the columns' length)
 MANIFEST_MAX_LENGTH = 1024 * 1024
@@ -31,6 +32,21 @@ class _SpoolingParser(MultiPartParser):
     # Starlette keeps each file in memory up to 1 MiB: 64 files of a batch would be 64 MiB.
     # Past this size a part goes to a temporary file on disk.
     spool_max_size = 256 * 1024
+
+    def on_part_end(self) -> None:
+        # Starlette decodes a text field that is not valid in the form's charset as Latin-1,
+        # which would store "M-\xff" as "M-ÿ": refuse it instead.
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode(self._charset)
+            except UnicodeDecodeError:
+                raise MultiPartException(
+                    f"the field {part.field_name!r} is not valid {self._charset} text"
+                ) from None
+            except LookupError:
+                raise MultiPartException(f"unknown charset {self._charset!r}") from None
+        super().on_part_end()
 
 
 def invalid(message: str) -> ApiError:
@@ -105,8 +121,8 @@ class ManifestEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    module_id: StoredText | None = Field(None, max_length=ID_MAX_LENGTH)
-    cell_id: StoredText | None = Field(None, max_length=ID_MAX_LENGTH)
+    module_id: Annotated[str, Field(max_length=ID_MAX_LENGTH), STORABLE] | None = None
+    cell_id: Annotated[str, Field(max_length=ID_MAX_LENGTH), STORABLE] | None = None
 
 
 _MANIFEST = TypeAdapter(list[ManifestEntry])
@@ -146,7 +162,7 @@ def batch_ids(form: UploadForm, count: int) -> list[tuple[str | None, str | None
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
         )
         raise invalid(f"manifest{where}: {first['msg']}") from None
-    except ValueError as exc:  # not JSON at all
+    except (ValueError, RecursionError) as exc:  # not JSON at all, or nested past Python's stack
         raise invalid(
             f"manifest: expected a JSON list of {{'module_id', 'cell_id'}} objects ({exc})"
         ) from None

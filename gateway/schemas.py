@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 
-from db.models import Job, JobStatus, RetrainTrigger, Review
+from db.models import Job, JobStatus, RetrainTrigger, Review, as_utc
 
 if TYPE_CHECKING:
     from monitoring.reports import ReportView  # numpy: imported where reports are read
@@ -29,14 +29,29 @@ NUL_REFUSAL = "must not contain NUL (\\u0000) characters"
 
 def _storable(value: str) -> str:
     # The databases' text columns cannot hold NUL: PostgreSQL refuses it and SQLite would
-    # keep it, so it is refused on both, before anything is stored.
+    # keep it, so it is refused on both, before anything is stored. (A lone surrogate, which
+    # JSON allows as "\\ud800", is refused by pydantic's string check for any length limit.)
     if "\x00" in value:
         raise ValueError(NUL_REFUSAL)
     return value
 
 
-StoredText = Annotated[str, AfterValidator(_storable)]
-"""Free text a client sends that goes into a text column."""
+STORABLE = AfterValidator(_storable)
+"""Marks free text a client sends that goes into a text column: `Annotated[str,
+Field(max_length=...), STORABLE]`, the limits first, so that pydantic checks them as a
+string's (its wording, and its refusal of lone surrogates, which no database driver can
+encode) rather than as a length of whatever the validator returned."""
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return as_utc(value)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid ISO time, but not in UTC
+        raise ValueError("is outside the range of times in UTC (years 1 to 9999)") from None
+
+
+TimeQuery = Annotated[datetime, AfterValidator(_in_utc)]
+"""A time a client sends as a query parameter, as the same instant in UTC."""
 
 UtcDatetime = Annotated[
     datetime,
@@ -86,7 +101,7 @@ class ReviewCreate(BaseModel):
         description="Every defect the image really shows (labels of the model's label set); "
         "an empty list says the cell is defect-free.",
     )
-    comment: StoredText | None = Field(None, max_length=4000)
+    comment: Annotated[str, Field(max_length=4000), STORABLE] | None = None
 
 
 class ReviewPublic(BaseModel):
@@ -213,9 +228,11 @@ class DriftReportList(BaseModel):
 class RetrainCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: StoredText = Field(
-        min_length=1, max_length=2000, description="Why, for the record (free text)."
-    )
+    reason: Annotated[
+        str,
+        Field(min_length=1, max_length=2000, description="Why, for the record (free text)."),
+        STORABLE,
+    ]
 
 
 class RetrainPublic(BaseModel):
@@ -284,6 +301,12 @@ def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -
     """`openapi_extra=` for an upload route, which reads its form itself (gateway.forms)."""
     schema = {"type": "object", "properties": properties, "required": required}
     content = {"multipart/form-data": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra=` for a route that reads its JSON body itself (gateway.deps.operator_json)."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
     return {"requestBody": {"required": True, "content": content}}
 
 

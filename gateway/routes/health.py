@@ -30,7 +30,8 @@ router = APIRouter(tags=["health"])
 T = TypeVar("T")
 
 
-@router.get("/healthz", response_model=HealthPublic)
+# HEAD too: load balancers and uptime checks probe with it.
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=HealthPublic)
 def healthz() -> HealthPublic:
     """The process is up (no dependency is checked)."""
     return HealthPublic()
@@ -103,8 +104,9 @@ async def _run_check(
         return False, redact_secrets(f"{type(exc).__name__}: {reason}", secrets_of)[:300]
 
 
-@router.get(
+@router.api_route(
     "/readyz",
+    methods=["GET", "HEAD"],
     response_model=ReadyPublic,
     responses=error_responses(503),
 )

@@ -38,8 +38,12 @@ ENDED = (JobStatus.succeeded, JobStatus.failed)
 _MAX_FIELDS = 16
 
 
+_ECHOED_ID_CHARS = 64  # job ids are 32 hex characters; a longer one is not echoed whole
+
+
 def job_not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found", f"no job {job_id!r} for this station")
+    shown = job_id if len(job_id) <= _ECHOED_ID_CHARS else f"{job_id[:_ECHOED_ID_CHARS]}..."
+    return ApiError(404, "job_not_found", f"no job {shown!r} for this station")
 
 
 def _first_job(*, session: Session, station_id: str, key: str) -> JobPublic | None:
@@ -120,7 +124,10 @@ async def submit_job(
         request,
         max_files=1,
         max_fields=_MAX_FIELDS,
-        too_many_files=invalid("file: send one file per request (POST /v1/batches takes several)"),
+        too_many_files=invalid(
+            "file: send one file part per request, in the field `file` (POST /v1/batches "
+            "takes several); module_id and cell_id are text fields"
+        ),
     )
     try:
         files = form.files("file")

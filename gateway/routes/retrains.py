@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from db import retrains
-from gateway.deps import EnqueuerDep, OperatorDep, SessionDep
+from gateway.deps import EnqueuerDep, OperatorDep, SessionDep, operator_json
 from gateway.errors import ApiError
-from gateway.schemas import RetrainCreate, RetrainList, RetrainPublic, error_responses
+from gateway.schemas import (
+    RetrainCreate,
+    RetrainList,
+    RetrainPublic,
+    error_responses,
+    json_body,
+)
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 
@@ -30,10 +36,11 @@ def list_retrains(
     status_code=201,
     response_model=RetrainPublic,
     responses=error_responses(401, 403, 409, 422),
+    openapi_extra=json_body(RetrainCreate),
 )
 def start_retrain(
-    body: RetrainCreate,
     caller: OperatorDep,
+    body: Annotated[RetrainCreate, Depends(operator_json(RetrainCreate))],
     session: SessionDep,
     enqueuer: EnqueuerDep,
     response: Response,

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from db import jobs as crud
 from db import reviews
-from gateway.deps import OperatorDep, SessionDep
+from gateway.deps import OperatorDep, SessionDep, operator_json
 from gateway.errors import ApiError
 from gateway.routes.jobs import job_not_found
-from gateway.schemas import ReviewCreate, ReviewList, ReviewPublic, error_responses
+from gateway.schemas import (
+    ReviewCreate,
+    ReviewList,
+    ReviewPublic,
+    TimeQuery,
+    error_responses,
+    json_body,
+)
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 
@@ -25,9 +31,13 @@ _STATUS = {"job_not_succeeded": 409, "unknown_labels": 422}
     status_code=201,
     response_model=ReviewPublic,
     responses=error_responses(401, 403, 404, 409, 422),
+    openapi_extra=json_body(ReviewCreate),
 )
 def review_job(
-    job_id: str, body: ReviewCreate, caller: OperatorDep, session: SessionDep
+    job_id: str,
+    caller: OperatorDep,
+    body: Annotated[ReviewCreate, Depends(operator_json(ReviewCreate))],
+    session: SessionDep,
 ) -> ReviewPublic:
     """Record what the image of a succeeded job really shows (supersedes earlier reviews)."""
     job = crud.get_job_for_station(session=session, job_id=job_id, station_id=caller.scope)
@@ -52,7 +62,7 @@ def list_reviews(
     _caller: OperatorDep,
     session: SessionDep,
     since: Annotated[
-        datetime | None,
+        TimeQuery | None,
         Query(
             description="Only reviews made after this time (ISO 8601), oldest first: "
             "page on with the last one's reviewed_at."

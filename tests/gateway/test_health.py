@@ -23,6 +23,11 @@ def test_healthz_answers_ok(client: TestClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
+def test_probes_answer_head_as_load_balancers_send_it(client: TestClient) -> None:
+    assert client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 503  # no worker serves a model here
+
+
 def heartbeat(
     client: TestClient,
     name: str,

@@ -252,7 +252,18 @@ def test_another_stations_job_is_404(client: TestClient, auth: dict[str, str]) -
 
     assert_error(client.get(f"/v1/jobs/{job_id}", headers=other), 404, "job_not_found")
     assert_error(client.get("/v1/jobs/0123456789abcdef", headers=auth), 404, "job_not_found")
-    assert_error(client.get("/v1/jobs/" + "x" * 300, headers=auth), 404, "job_not_found")
+    long_id = client.get("/v1/jobs/" + "x" * 10_000, headers=auth)
+    assert_error(long_id, 404, "job_not_found")
+    assert len(long_id.json()["error"]["message"]) < 200
+
+
+def test_a_trailing_slash_is_a_404_in_the_contract_shape_not_a_redirect(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    job_id = submit(client, auth).json()["id"]
+    assert_error(client.get(f"/v1/jobs/{job_id}/", headers=auth), 404, "not_found")
+    upload = client.post("/v1/jobs/", files={"file": ("a.png", factories.png8())}, headers=auth)
+    assert_error(upload, 404, "not_found")
 
 
 BAD_INPUTS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
@@ -143,6 +144,54 @@ def test_free_text_with_nul_is_refused_naming_the_field(
     assert_error(refused, 422, "validation_error")
     assert refused.json()["error"]["message"].startswith("reason: ")
     assert client.get("/v1/retrains", headers=operator).json()["retrains"] == []
+
+
+def test_free_text_with_a_lone_surrogate_is_422_and_stores_nothing(
+    client: TestClient, auth: dict[str, str], operator: dict[str, str]
+) -> None:
+    """JSON may spell "\\ud800", which no database driver can encode: a 422, not a 500."""
+    job_id = succeeded_job(client, auth)
+    body = json.dumps({"defects": [], "comment": "ok \ud800"})  # ASCII, as "\\ud800"
+    refused = client.post(f"/v1/jobs/{job_id}/review", content=body, headers=operator)
+    assert_error(refused, 422, "validation_error")
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["review"] is None
+    body = json.dumps({"reason": "\udfff"})
+    refused = client.post("/v1/retrains", content=body, headers=operator)
+    assert_error(refused, 422, "validation_error")
+    assert client.get("/v1/retrains", headers=operator).json()["retrains"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [(b"{", "body: Invalid JSON"), (b"", "body: Invalid JSON"), (b"[1]", "body: Input should be")],
+)
+def test_a_body_that_is_not_a_json_object_is_422_naming_the_body(
+    client: TestClient, auth: dict[str, str], operator: dict[str, str], body: bytes, says: str
+) -> None:
+    job_id = succeeded_job(client, auth)
+    for path in (f"/v1/jobs/{job_id}/review", "/v1/retrains"):
+        refused = client.post(path, content=body, headers=operator)
+        assert_error(refused, 422, "validation_error")
+        assert refused.json()["error"]["message"].startswith(says), refused.json()
+
+
+def test_the_token_is_checked_before_a_json_body_is_read(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """A malformed body from a station or from nobody is still a 403 or a 401."""
+    job_id = succeeded_job(client, auth)
+    for path in (f"/v1/jobs/{job_id}/review", "/v1/retrains"):
+        assert_error(client.post(path, content=b"{", headers=auth), 403, "forbidden")
+        assert_error(client.post(path, content=b"{"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_since_outside_utc_times_is_422(
+    client: TestClient, operator: dict[str, str], since: str
+) -> None:
+    refused = client.get("/v1/reviews", params={"since": since}, headers=operator)
+    assert_error(refused, 422, "validation_error")
+    assert refused.json()["error"]["message"].startswith("query.since: ")
 
 
 def test_reviews_since_and_limit(

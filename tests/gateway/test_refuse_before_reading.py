@@ -75,6 +75,44 @@ def test_declared_length_past_the_limit_is_413_unread_even_with_a_token(
     assert answer.bytes_read == 0
 
 
+@pytest.mark.parametrize("path", ["/v1/retrains", "/v1/jobs/0123/review", "/v1/jobs/0123"])
+def test_any_other_route_refuses_a_declared_megabytes_body_unread_in_the_contract_shape(
+    settings: Settings, path: str
+) -> None:
+    answer = call(
+        create_app(settings),
+        path,
+        headers={"content-type": "application/json"},
+        body=zeros(2 * MiB),
+        content_length=2 * MiB,
+        method="GET" if path == "/v1/jobs/0123" else "POST",
+    )
+
+    assert answer.status == 413, answer.body
+    assert answer.json()["error"]["code"] == "file_too_large"
+    assert answer.bytes_read == 0
+
+
+@pytest.mark.parametrize("token", [None, "station"])
+def test_an_operator_body_is_read_only_once_the_caller_is_an_operator(
+    settings: Settings, token: str | None
+) -> None:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {issue_token(settings.database_url, 'line-1')}"
+
+    answer = call(
+        create_app(settings),
+        "/v1/retrains",
+        headers=headers,
+        body=[b"{" * 1000],
+        content_length=1000,
+    )
+
+    assert answer.status == (401 if token is None else 403), answer.body
+    assert answer.bytes_read == 0
+
+
 def test_batch_body_limit_is_its_own_setting_and_cuts_a_streamed_body(
     make_client: Callable[..., TestClient],
 ) -> None:

@@ -102,6 +102,41 @@ def test_an_unparseable_multipart_body_is_400(client: TestClient, auth: dict[str
     assert_error(response, 400, "bad_request")
 
 
+def test_a_text_field_that_is_not_utf8_is_400_not_stored_as_latin1(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="module_id"\r\n\r\nM-\xff\xfe\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + factories.png8() + b"\r\n--b--\r\n"
+    )
+    response = client.post(
+        "/v1/jobs",
+        content=body,
+        headers=auth | {"Content-Type": "multipart/form-data; boundary=b"},
+    )
+
+    assert_error(response, 400, "bad_request")
+    assert "'module_id' is not valid utf-8 text" in response.json()["error"]["message"]
+    assert job_count(_db(client)) == 0
+
+
+def test_a_text_field_sent_as_a_file_part_is_named_in_the_refusal(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    response = client.post(
+        "/v1/jobs",
+        files=[
+            ("file", ("a.png", factories.png8(), "image/png")),
+            ("module_id", ("m.txt", b"M-1", "text/plain")),
+        ],
+        headers=auth,
+    )
+
+    assert_error(response, 422, "validation_error")
+    assert "module_id and cell_id are text fields" in response.json()["error"]["message"]
+
+
 def _batch(
     client: TestClient,
     auth: dict[str, str],
@@ -147,8 +182,14 @@ def test_batch_manifest_names_each_file_and_wins_over_the_fields(
         ({"manifest": json.dumps([{"cell_id": "C-01"}])}, "manifest"),  # 1 entry for 3 files
         ({"manifest": "not json"}, "manifest"),
         ({"manifest": json.dumps([{"cel_id": "typo"}] * 3)}, "manifest"),
-        ({"manifest": json.dumps([{"module_id": "m" * 201}] * 3)}, "manifest[0].module_id"),
+        (
+            {"manifest": json.dumps([{"module_id": "m" * 201}] * 3)},
+            "manifest[0].module_id: String should have at most 200 characters",
+        ),
         ({"manifest": json.dumps({"cell_id": "C-01"})}, "manifest: Input should be a valid list"),
+        # Python's own parser gives up on deep nesting with a RecursionError, not a ValueError
+        ({"manifest": "[" * 100_000 + "]" * 100_000}, "manifest: expected a JSON list"),
+        ({"manifest": json.dumps([{"cell_id": "C-\ud800"}] * 3)}, "manifest[0].cell_id"),
     ],
     ids=[
         "count",
@@ -157,6 +198,8 @@ def test_batch_manifest_names_each_file_and_wins_over_the_fields(
         "manifest_key",
         "manifest_length",
         "manifest_not_a_list",
+        "manifest_nested_past_the_stack",
+        "manifest_lone_surrogate",
     ],
 )
 def test_batch_ids_that_do_not_fit_the_files_are_422_and_make_no_job(
