@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from eldefect.settings import get_settings
+from eldefect.settings import SettingsError, get_settings
 
 if TYPE_CHECKING:
     from eldefect.predictor import Backend
@@ -24,17 +24,46 @@ if TYPE_CHECKING:
 PLUGIN_GROUP = "eldefect.commands"
 
 
-def _is_user_error(exc: Exception) -> bool:
-    """Errors that say what the user gave wrong (a path, a config, a model name)."""
+def _user_message(exc: Exception) -> str | None:
+    """One line for an error the user can fix (a path, a config, a model name, a database
+    that cannot be reached), or None for a bug, which keeps its traceback."""
     from mlflow.exceptions import MlflowException  # only on the error path: MLflow is slow
+    from sqlalchemy.exc import ArgumentError, OperationalError
 
     from eldefect.config import ConfigError
     from eldefect.data.readers import DatasetError
     from eldefect.imaging import ImageDecodeError
     from eldefect.labels import LabelSetError
+    from eldefect.predictor import BackendUnavailable
 
-    user_errors = (ConfigError, DatasetError, ImageDecodeError, LabelSetError, MlflowException)
-    return isinstance(exc, user_errors)
+    user_errors = (
+        BackendUnavailable,
+        ConfigError,
+        DatasetError,
+        ImageDecodeError,
+        LabelSetError,
+        MlflowException,
+        SettingsError,
+    )
+    if isinstance(exc, user_errors):
+        return str(exc)
+    if isinstance(exc, OperationalError | ArgumentError):  # unreachable, or a malformed URL
+        # SQLAlchemy appends the statement and a link on later lines; the reason is the first.
+        reason = str(exc).strip().splitlines()[0]
+        where = "check ELDEFECT_DATABASE_URL and MLFLOW_TRACKING_URI"
+        return f"a database cannot be used ({where}): {reason}"
+    return None
+
+
+def require_cuda() -> None:
+    """Refuse `--device cuda` where torch sees no CUDA device: one line, no traceback."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise click.ClickException(
+            "--device cuda, but torch sees no CUDA device on this machine "
+            f"(torch {torch.__version__}); use --device cpu or run it on a GPU host"
+        )
 
 
 class EldefectCLI(click.Group):
@@ -50,8 +79,9 @@ class EldefectCLI(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:
-            if _is_user_error(exc):  # a clear one-line message instead of a traceback
-                raise click.ClickException(str(exc)) from None
+            message = _user_message(exc)
+            if message is not None:  # a clear one-line message instead of a traceback
+                raise click.ClickException(message) from None
             raise
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -63,10 +93,18 @@ class EldefectCLI(click.Group):
 
 
 @click.group(cls=EldefectCLI, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: settings).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Default: ELDEFECT_LOG_LEVEL, else INFO.",
+)
 def cli(log_level: str | None) -> None:
     """Find defects in electroluminescence images of solar cells."""
-    level = (log_level or get_settings().log_level).upper()
+    try:
+        level = (log_level or get_settings().log_level).upper()
+    except SettingsError:  # said by the command that needs the settings (--help does not)
+        level = "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if level != "DEBUG":  # Alembic logs each plugin and step it sets up; we log what it did
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -77,7 +115,12 @@ def main() -> None:
 
 
 @cli.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write.",
+)
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", type=click.IntRange(min=32), default=256, show_default=True)
@@ -94,7 +137,7 @@ def synth(out: Path, n: int, seed: int, size: int, classes: str | None) -> None:
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset folder.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override optim.epochs.")
 @click.option(
     "--cv",
@@ -129,6 +172,8 @@ def train(
         config = load_train_config(config_path)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if device == "cuda":
+        require_cuda()
     if epochs:
         config.optim.epochs = epochs
     cv = None
@@ -166,7 +211,12 @@ def _register_and_promote(run_id: str | None, version: str | None, *, to_product
 
 @cli.command()
 @click.option("--run-id", default=None, help="Training run to register (default: the latest).")
-@click.option("--version", default=None, help="An already registered version instead.")
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="An already registered version (a number) instead.",
+)
 @click.option(
     "--to",
     "target",
@@ -176,11 +226,12 @@ def _register_and_promote(run_id: str | None, version: str | None, *, to_product
     help="staging: only when it beats the served alias (ELDEFECT_MODEL_ALIAS, default "
     "production); production: move the served alias to it too.",
 )
-def promote(run_id: str | None, version: str | None, target: str) -> None:
+def promote(run_id: str | None, version: int | None, target: str) -> None:
     """Register a run's model and move registry aliases, printing the comparison."""
     if run_id and version:
         raise click.UsageError("give --run-id or --version, not both")
-    _register_and_promote(run_id, version, to_production=target == "production")
+    chosen = None if version is None else str(version)
+    _register_and_promote(run_id, chosen, to_production=target == "production")
 
 
 def _default_model_uri() -> str:
@@ -338,7 +389,12 @@ def bench(
 
 @cli.command()
 @click.option("--images", "n_images", type=click.IntRange(min=1), default=24, show_default=True)
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Default: var/demo.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Default: var/demo.",
+)
 def demo(n_images: int, workdir: Path | None) -> None:
     """Synthesise, train, promote, serve and query: the whole job end to end."""
     from eldefect.demo import run_demo

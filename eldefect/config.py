@@ -191,8 +191,13 @@ class ConfigError(ValueError):
 
 def load_train_config(path: Path) -> TrainConfig:
     if not path.is_file():
-        raise ConfigError(f"training config {path} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"training config {path} {what}")
     try:
-        return TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a readable YAML file: {exc}") from None
+    try:
+        return TrainConfig.model_validate(raw or {})
     except ValidationError as exc:
         raise ConfigError(f"{path} is not a valid training config:\n{exc}") from None

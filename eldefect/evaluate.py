@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from eldefect.data.readers import read_elpv, read_voc
+from eldefect.data.readers import DatasetError, read_elpv, read_voc
 from eldefect.imaging import decode_gray
 from eldefect.labels import LabelSet
 from eldefect.metrics import (
@@ -124,6 +124,8 @@ def evaluate_model(
         samples, _ = read_elpv(data, labels)
     else:
         samples, _ = read_voc(data, labels, ignore_unknown_labels=True)
+    if not samples:
+        raise DatasetError(f"{data} holds no labelled images to evaluate on")
     probs = predict_folder(
         predictor, [s.path for s in samples], max_pixels=settings.max_image_pixels
     )

@@ -84,6 +84,10 @@ def _onnx_runner(model: torch.nn.Module, size: int, reference: TorchRunner) -> O
     return runner
 
 
+class BackendUnavailable(RuntimeError):
+    """The runtime asked for (`int8`, `onnx`) cannot serve this model; the reason says why."""
+
+
 def _int8_runner(
     graph: bytes | None, card: ModelCard, model_uri: str, backend: Backend
 ) -> OnnxRunner | None:
@@ -93,11 +97,13 @@ def _int8_runner(
     check = card.serving.get("int8")
     if graph is None or check is None:
         if backend == "int8":
-            raise RuntimeError(f"backend 'int8' asked for, but {model_uri} has no int8 copy")
+            raise BackendUnavailable(f"backend 'int8' asked for, but {model_uri} has no int8 copy")
         return None
     if not card.int8_accepted:
         if backend == "int8":
-            raise RuntimeError(f"{model_uri}'s int8 copy failed its check: {check.get('reason')}")
+            raise BackendUnavailable(
+                f"{model_uri}'s int8 copy failed its check: {check.get('reason')}"
+            )
         log.info("not serving the int8 copy: %s", check.get("reason"))
         return None
     return OnnxRunner(graph, name="onnxruntime-int8")
@@ -169,7 +175,7 @@ def load_predictor(
         if onnx is not None:
             runner = onnx
         elif backend == "onnx":
-            raise RuntimeError(
+            raise BackendUnavailable(
                 f"backend 'onnx' asked for, but {model_uri} cannot be served by ONNX Runtime"
             )
     log.info(

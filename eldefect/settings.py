@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eldefect.broker import INFERENCE_QUEUES, Queue
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     )
 
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_port: int = Field(8000, ge=1, le=65535)
     gateway_wait_poll_s: float = Field(
         0.1, gt=0, description="How often the gateway's one poller checks jobs held by ?wait."
     )
@@ -200,7 +200,7 @@ class Settings(BaseSettings):
         le=65535,
         description="Port `eldefect beat` serves the database exporter on; 0 = none.",
     )
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # Retraining (docs/retraining.md): when a trigger fires, what it trains, how it is gated.
     retrain_check_interval_s: float = Field(
@@ -251,6 +251,11 @@ class Settings(BaseSettings):
     )
     retrain_device: Literal["cpu", "cuda"] = Field("cpu", description="Where retraining runs.")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @field_validator("inference_queue")
     @classmethod
     def _an_inference_queue(cls, value: Queue) -> Queue:
@@ -282,9 +287,26 @@ class Settings(BaseSettings):
         return self.var_dir
 
 
+class SettingsError(ValueError):
+    """The environment (or `.env`) sets a value no process can run with."""
+
+
+def _describe(exc: ValidationError) -> str:
+    # The values are not echoed: a database or broker URL may carry a password.
+    reasons = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"ELDEFECT_{field.upper()}" if field in Settings.model_fields else field
+        reasons.append(f"{name}: {error['msg']}" if name else error["msg"])
+    return "invalid settings: " + "; ".join(reasons)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from eldefect.augment import build_augmentation
 from eldefect.card import ModelCard
-from eldefect.config import DataConfig, TrainConfig
+from eldefect.config import ConfigError, DataConfig, TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
 from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
 from eldefect.data.split import validation_split
@@ -91,7 +91,7 @@ def load_samples(
                 classes=data.synthetic_classes,
             )
     if root is None:
-        raise ValueError("no dataset folder: give --data DIR or data.root in the config")
+        raise ConfigError("no dataset folder: give --data DIR or data.root in the config")
     samples, report = read_folder(data, data.format, root, labels, cell_type=data.cell_type)
     for source in data.sources:
         more, more_report = read_folder(

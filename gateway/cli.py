@@ -24,7 +24,12 @@ def _should_migrate(settings: Settings, flag: bool | None) -> bool:
 
 @click.command()
 @click.option("--host", default=None, help="Interface to bind (default: settings.gateway_host).")
-@click.option("--port", type=int, default=None, help="Port (default: settings.gateway_port).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port (default: settings.gateway_port).",
+)
 @click.option(
     "--migrate/--no-migrate",
     default=None,
@@ -48,7 +53,7 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
         "gateway.app:create_app",
         factory=True,
         host=host or settings.gateway_host,
-        port=port or settings.gateway_port,
+        port=settings.gateway_port if port is None else port,
         workers=workers,
         log_level=settings.log_level.lower(),
         ws="none",  # no WebSocket routes: do not import a WebSocket library
@@ -60,8 +65,20 @@ def token() -> None:
     """Station and operator tokens (Bearer auth for the HTTP API)."""
 
 
+def _station_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise click.BadParameter("a station needs a name (not empty, not only spaces)")
+    return name
+
+
 @token.command("create")
-@click.option("--station", required=True, help="Station name; created when it does not exist.")
+@click.option(
+    "--station",
+    required=True,
+    callback=_station_name,
+    help="Station name; created when it does not exist.",
+)
 @click.option(
     "--role",
     type=click.Choice([r.value for r in TokenRole]),

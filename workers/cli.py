@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
 from eldefect.broker import Queue
+from eldefect.cli import require_cuda
 from eldefect.settings import get_settings, redact_url
 
 # What `--queue` may name: every queue but maintenance, which `--maintenance` adds.
@@ -85,7 +86,7 @@ def worker(
     """Run a Celery worker that serves the production model in batches."""
     device = device or ("cuda" if queue == Queue.INFERENCE_GPU else "cpu")
     if device == "cuda":
-        _require_cuda()
+        require_cuda()
     # Through the environment, so that the settings every module reads agree.
     os.environ["ELDEFECT_INFERENCE_DEVICE"] = device
     get_settings.cache_clear()
@@ -119,17 +120,6 @@ def worker(
         "--without-mingle",
     ]
     app.worker_main(argv)
-
-
-def _require_cuda() -> None:
-    """Refuse to start a CUDA worker where torch sees no CUDA device: one line, no traceback."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise click.ClickException(
-            "--device cuda, but torch sees no CUDA device on this machine "
-            f"(torch {torch.__version__}); use --device cpu or start it on a GPU host"
-        )
 
 
 @click.command()

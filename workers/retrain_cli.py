@@ -91,7 +91,13 @@ def retrain_start(reason: str) -> None:
             which = f" (#{open_one.id}, {open_one.status.value})" if open_one else ""
             raise click.ClickException(f"a retraining is already open{which}; one at a time")
         trigger_id = trigger.id
-    send_retrain(trigger_id)
+    try:
+        send_retrain(trigger_id)
+    except Exception as exc:  # the broker; the trigger row is the truth and beat re-sends it
+        raise click.ClickException(
+            f"retrain trigger #{trigger_id} is recorded, but sending it to the broker failed "
+            f"({type(exc).__name__}: {exc}); beat's retrain check re-sends queued triggers"
+        ) from None
     click.echo(f"retrain trigger #{trigger_id} queued on the training queue")
 
 
@@ -101,7 +107,12 @@ def dataset() -> None:
 
 
 @dataset.command("export-reviews")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write.",
+)
 @click.option(
     "--labels",
     default=None,

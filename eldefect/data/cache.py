@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from eldefect.data.readers import Sample
+from eldefect.data.readers import DatasetError, Sample
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.preprocess import InputSpec, normalize, resize
 from eldefect.stats import input_statistics
@@ -58,7 +58,11 @@ class ImageCache:
             stats.append(row)
             paths.append(sample.path)
         if not images:
-            raise ValueError("no readable images in the dataset")
+            raise DatasetError(
+                f"none of the dataset's {len(samples)} labelled images could be read"
+                if samples
+                else "the dataset holds no labelled images (an image and its annotation)"
+            )
         if unreadable:
             log.warning("skipped %d unreadable images: %s", len(unreadable), unreadable[:5])
         if near_black:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from eldefect.data.readers import DatasetError
+
 
 def assign_parts(targets: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
     """The part (0..len(fractions)-1) of each row of an (N, C) 0/1 target matrix."""
@@ -57,8 +59,20 @@ def stratified_folds(targets: np.ndarray, k: int, seed: int) -> np.ndarray:
 def validation_split(
     targets: np.ndarray, *, val_fraction: float, seed: int, folds: int | None, fold: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): fold `fold` of `folds` when folds are set, else a fraction."""
+    """Indices (train, val): fold `fold` of `folds` when folds are set, else a fraction.
+
+    Raises DatasetError when a split would be empty (too few images to train and validate).
+    """
+    n = len(targets)
     if folds is None:
-        return stratified_split(targets, val_fraction, seed)
+        train, val = stratified_split(targets, val_fraction, seed)
+        if len(train) == 0 or len(val) == 0:
+            raise DatasetError(
+                f"{n} images cannot make both a training and a validation split "
+                f"(data.val_fraction {val_fraction}): add images"
+            )
+        return train, val
     part = stratified_folds(targets, folds, seed)
+    if np.bincount(part, minlength=folds).min() == 0:
+        raise DatasetError(f"{n} images cannot fill {folds} folds: use fewer folds or more images")
     return np.flatnonzero(part != fold), np.flatnonzero(part == fold)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from eldefect.data.voc_xml import VocObject, write_voc_xml
-from eldefect.labels import load_label_set
+from eldefect.labels import LabelSetError, load_label_set
 
 Rng = np.random.Generator
 # Each drawer returns a mask (uint8 0..255) of where the defect darkens the cell, and how much.
@@ -231,7 +231,7 @@ def write_synthetic_dataset(
     names = list(classes) if classes else list(load_label_set().labels)
     unknown = sorted(set(names) - set(DRAWERS))
     if unknown:
-        raise ValueError(f"no synthetic drawer for {unknown}; drawable: {sorted(DRAWERS)}")
+        raise LabelSetError(f"no synthetic drawer for {unknown}; drawable: {sorted(DRAWERS)}")
     (out / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (out / "Annotations").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

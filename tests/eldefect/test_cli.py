@@ -126,3 +126,102 @@ def test_a_cuda_worker_without_cuda_refuses_in_one_line(monkeypatch: pytest.Monk
     lines = result.output.strip().splitlines()
     assert lines == [lines[0]] and lines[0].startswith("Error: --device cuda, but torch sees no")
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def _synth(folder: Path, n: int) -> Path:
+    result = CliRunner().invoke(cli, ["synth", "--out", str(folder), "--n", str(n), "--size", "48"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+TINY = "name: tiny\ninput: {size: 32}\nmodel: {arch: cnn, width: 4, depth: 1}\n"
+
+
+def assert_one_line_error(args: list[str], says: str, exit_code: int = 1) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == exit_code, result.output
+    assert says in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_a_bad_setting_names_its_variable_and_help_still_works(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eldefect.settings import get_settings
+
+    monkeypatch.setenv("ELDEFECT_BATCH_SIZE", "0")
+    get_settings.cache_clear()
+    assert_one_line_error(["token", "list"], "invalid settings: ELDEFECT_BATCH_SIZE: ")
+    assert CliRunner().invoke(cli, ["synth", "--help"]).exit_code == 0
+    monkeypatch.setenv("ELDEFECT_BATCH_SIZE", "16")
+    monkeypatch.setenv("ELDEFECT_LOG_LEVEL", "loud")
+    get_settings.cache_clear()
+    assert_one_line_error(["token", "list"], "ELDEFECT_LOG_LEVEL: Input should be 'DEBUG'")
+    monkeypatch.setenv("ELDEFECT_LOG_LEVEL", "debug")  # any case, as logging takes it
+    get_settings.cache_clear()
+    assert get_settings().log_level == "DEBUG"
+
+
+def test_a_database_that_cannot_be_reached_is_one_line(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eldefect.settings import get_settings
+
+    for url, says in [
+        ("postgresql+psycopg://postgres@127.0.0.1:1/x", "Connection refused"),
+        ("nonsense://x", "sqlalchemy.dialects:nonsense"),
+    ]:
+        monkeypatch.setenv("ELDEFECT_DATABASE_URL", url)
+        get_settings.cache_clear()
+        assert_one_line_error(["token", "list"], "a database cannot be used (check")
+        assert_one_line_error(["token", "list"], says)
+
+
+def test_training_mistakes_are_one_clear_line(tmp_path: Path, settings_env: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    one = _synth(tmp_path / "one", 1)
+    few = _synth(tmp_path / "few", 6)
+    empty = tmp_path / "empty"
+    (empty / "JPEGImages").mkdir(parents=True)
+    (empty / "Annotations").mkdir()
+
+    assert_one_line_error(
+        ["train", "--config", str(broken)], "is not a readable YAML file", exit_code=2
+    )
+    assert_one_line_error(["train", "--config", str(tmp_path)], "is a folder, not a file", 2)
+    assert_one_line_error(["train", "--config", str(config)], "no dataset folder: give --data")
+    assert_one_line_error(
+        ["train", "--config", str(config), "--data", str(empty)], "holds no labelled images"
+    )
+    assert_one_line_error(
+        ["train", "--config", str(config), "--data", str(one)],
+        "1 images cannot make both a training and a validation split",
+    )
+    assert_one_line_error(
+        ["train", "--config", str(config), "--data", str(few), "--cv", "30"],
+        "6 images cannot fill 30 folds",
+    )
+    assert_one_line_error(["train", "--config", str(config), "--device", "tpu"], "tpu", 2)
+
+
+def test_other_commands_refuse_mistakes_in_one_line(tmp_path: Path, settings_env: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert_one_line_error(
+        ["synth", "--out", str(tmp_path / "s"), "--classes", "crack,bogus"], "bogus"
+    )
+    assert_one_line_error(["synth", "--out", str(a_file)], "is a file", exit_code=2)
+    assert_one_line_error(["token", "create", "--station", "  "], "a station needs a name", 2)
+    assert_one_line_error(["gateway", "--port", "70000"], "70000", exit_code=2)
+    assert_one_line_error(["promote", "--version", "abc"], "'abc' is not a valid integer", 2)
+
+
+def test_evaluate_on_a_folder_without_labelled_images_is_one_line(
+    production_model: ModelStore, tmp_path: Path
+) -> None:
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "Annotations").mkdir()
+    assert_one_line_error(["evaluate", "--data", str(tmp_path)], "holds no labelled images")
