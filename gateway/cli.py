@@ -7,7 +7,7 @@ import click
 from db import jobs as crud
 from db.models import TokenRole
 from db.retention import count_prunable, prune_images, retention_cutoff
-from db.session import is_embedded, ready_database, session_scope
+from db.session import get_engine, is_embedded, ready_database, session_scope
 from eldefect.settings import Settings, get_settings
 from gateway.arenas import limit_malloc_arenas
 
@@ -43,6 +43,9 @@ def gateway(host: str | None, port: int | None, migrate: bool | None, workers: i
     limit_malloc_arenas()  # first: before uvicorn or a migration starts a thread
     settings = get_settings()
     settings.ensure_var_dir()
+    # A URL that can never work (malformed, no such driver) stops the start here; a database
+    # that is only unreachable does not: the gateway answers 503 until it is back.
+    get_engine(settings.database_url)
     if _should_migrate(settings, migrate):
         # Alembic (with Mako and Pygments, ~8 MiB resident) is imported only to migrate: a
         # gateway on a database migrated by `eldefect db upgrade` never loads it.

@@ -175,6 +175,8 @@ def test_a_database_that_cannot_be_reached_is_one_line(
         get_settings.cache_clear()
         assert_one_line_error(["token", "list"], "a database cannot be used (check")
         assert_one_line_error(["token", "list"], says)
+    # A URL that can never work stops the gateway at start (one that is down does not).
+    assert_one_line_error(["gateway", "--port", "8765"], "sqlalchemy.dialects:nonsense")
 
 
 def test_training_mistakes_are_one_clear_line(tmp_path: Path, settings_env: Path) -> None:
