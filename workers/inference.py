@@ -158,28 +158,60 @@ def _held_at_input_size(gray: np.ndarray, size: int) -> np.ndarray:
         return gray
 
 
+_NOT_FINITE = "the model's output for this image is not a number (NaN or infinite)"
+
+
 def _forward(
     model: ServingModel, images: list[np.ndarray]
 ) -> tuple[list[np.ndarray | None], dict[int, str]]:
-    """One forward pass; if it raises, image by image so one bad image fails only itself."""
+    """One forward pass; if it raises, image by image so one bad image fails only itself.
+
+    A row that is not all finite fails its image (stored, a NaN would read as "no defect" on
+    SQLite and break the whole batch's insert on PostgreSQL).
+    """
     try:
         probs = np.asarray(model.predict(images))
         assert probs.shape[0] == len(images), f"{probs.shape[0]} rows for {len(images)} images"
-        return list(probs), {}
-    except Exception:  # isolate the culprit below instead of failing the whole batch
+        return _finite_rows(list(probs))
+    except Exception as exc:  # isolate the culprit below instead of failing the whole batch
         if len(images) == 1:
             log.exception("forward pass failed on a single image")
-            return [None], {0: "the model could not process this image"}
+            return [None], {0: f"the model could not process this image: {exc}"}
         log.exception("forward pass over %d images failed; retrying one by one", len(images))
     rows: list[np.ndarray | None] = []
-    errors: dict[int, str] = {}
+    failures: dict[int, Exception] = {}
     for i, image in enumerate(images):
         try:
             rows.append(np.asarray(model.predict([image]))[0])
         except Exception as exc:  # this image alone breaks the model: fail its job
             rows.append(None)
-            errors[i] = f"the model could not process this image: {exc}"
+            failures[i] = exc
+    if len(failures) == len(images):  # no image got through: the model or its device failed
+        log.error(
+            "the model failed on each of %d images alone: a model or device fault", len(images)
+        )
+        first = failures[0]
+        reason = (
+            f"the model failed on every image of this batch, alone too, so the fault is likely "
+            f"the model's or its device's, not this image's: {type(first).__name__}: {first}"
+        )
+        return rows, dict.fromkeys(failures, reason)
+    rows, errors = _finite_rows(rows)
+    errors.update(
+        {i: f"the model could not process this image: {exc}" for i, exc in failures.items()}
+    )
     return rows, errors
+
+
+def _finite_rows(
+    rows: list[np.ndarray | None],
+) -> tuple[list[np.ndarray | None], dict[int, str]]:
+    errors = {
+        i: _NOT_FINITE
+        for i, row in enumerate(rows)
+        if row is not None and not np.isfinite(row).all()
+    }
+    return [None if i in errors else row for i, row in enumerate(rows)], errors
 
 
 def process_batch(

@@ -147,6 +147,58 @@ def test_an_image_that_breaks_the_model_fails_alone(db_url: str) -> None:
         assert job is not None and job.error_code == "inference_error"
 
 
+def _errors(url: str, ids: list[str]) -> list[tuple[str | None, str | None]]:
+    with session_scope(url) as session:
+        jobs = [session.get(Job, i) for i in ids]
+        return [(j.error_code, j.error_message) for j in jobs if j is not None]
+
+
+def test_a_probability_that_is_not_a_number_fails_its_image_alone(db_url: str) -> None:
+    """Stored, a NaN reads as "no defect" on SQLite and breaks the batch's insert on PostgreSQL."""
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1, size=40), png_bytes(2)])
+
+    class NaNOnSize40(FakeModel):
+        def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+            rows = super().predict(images)
+            rows[[im.shape[0] == 40 for im in images]] = np.nan
+            return rows
+
+    report = process_batch(settings=settings_for(db_url), model_source=NaNOnSize40)
+
+    assert report.failed == [ids[1]] and sorted(report.succeeded) == sorted([ids[0], ids[2]])
+    assert _errors(db_url, [ids[1]]) == [
+        ("inference_error", "the model's output for this image is not a number (NaN or infinite)")
+    ]
+
+
+def test_a_model_that_fails_on_every_image_says_so_rather_than_blaming_each_image(
+    db_url: str,
+) -> None:
+    ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
+
+    class DeadDevice(FakeModel):
+        def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    process_batch(settings=settings_for(db_url), model_source=DeadDevice)
+    for code, message in _errors(db_url, ids):
+        assert code == "inference_error" and message is not None
+        assert message.startswith("the model failed on every image of this batch, alone too")
+        assert message.endswith(
+            "RuntimeError: CUDA error: an illegal memory access was encountered"
+        )
+
+    alone = queued_jobs(db_url, [png_bytes(3)])  # one image: the model's own words are kept
+    process_batch(settings=settings_for(db_url), model_source=DeadDevice)
+    assert _errors(db_url, alone) == [
+        (
+            "inference_error",
+            "the model could not process this image: CUDA error: an illegal "
+            "memory access was encountered",
+        )
+    ]
+
+
 def test_a_database_error_hands_the_batch_back(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
