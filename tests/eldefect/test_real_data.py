@@ -47,7 +47,7 @@ class FoldCheck:
     cv_ap: dict[str, tuple[float, float, float]]
 
 
-# The shipped config runs 72 epochs: a fold takes 19 to 27 minutes on 2 cores even in bf16,
+# The shipped config runs 72 epochs: a fold takes 17 to 27 minutes on 2 cores even in bf16,
 # too much of a CI run, so with native bf16 it trains for 36 epochs (the recipe before, whose
 # own 5-fold CV gives these floors). In fp32 even that takes about an hour a fold, so CPUs
 # without bf16 train it for 6 epochs, which learns four classes and not `broken` (its floor
