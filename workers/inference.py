@@ -164,15 +164,11 @@ _NOT_FINITE = "the model's output for this image is not a number (NaN or infinit
 def _forward(
     model: ServingModel, images: list[np.ndarray]
 ) -> tuple[list[np.ndarray | None], dict[int, str]]:
-    """One forward pass; if it raises, image by image so one bad image fails only itself.
-
-    A row that is not all finite fails its image (stored, a NaN would read as "no defect" on
-    SQLite and break the whole batch's insert on PostgreSQL).
-    """
+    """One forward pass; if it raises, image by image so one bad image fails only itself."""
     try:
         probs = np.asarray(model.predict(images))
         assert probs.shape[0] == len(images), f"{probs.shape[0]} rows for {len(images)} images"
-        return _finite_rows(list(probs))
+        return list(probs), {}
     except Exception as exc:  # isolate the culprit below instead of failing the whole batch
         if len(images) == 1:
             log.exception("forward pass failed on a single image")
@@ -196,22 +192,9 @@ def _forward(
             f"the model's or its device's, not this image's: {type(first).__name__}: {first}"
         )
         return rows, dict.fromkeys(failures, reason)
-    rows, errors = _finite_rows(rows)
-    errors.update(
-        {i: f"the model could not process this image: {exc}" for i, exc in failures.items()}
-    )
-    return rows, errors
-
-
-def _finite_rows(
-    rows: list[np.ndarray | None],
-) -> tuple[list[np.ndarray | None], dict[int, str]]:
-    errors = {
-        i: _NOT_FINITE
-        for i, row in enumerate(rows)
-        if row is not None and not np.isfinite(row).all()
+    return rows, {
+        i: f"the model could not process this image: {exc}" for i, exc in failures.items()
     }
-    return [None if i in errors else row for i, row in enumerate(rows)], errors
 
 
 def process_batch(
@@ -249,6 +232,11 @@ def process_batch(
             for i, ((job, _, stats), row) in enumerate(zip(ready, rows, strict=True)):
                 if row is None:
                     errors[job.id] = (INFERENCE_ERROR, model_errors[i])
+                    continue
+                # Stored, a NaN would read as "no defect" on SQLite and break the whole
+                # batch's insert on PostgreSQL: it fails its own image instead.
+                if not np.isfinite(row).all():
+                    errors[job.id] = (INFERENCE_ERROR, _NOT_FINITE)
                     continue
                 shaped = model.result(row)
                 outcomes.append(
