@@ -256,6 +256,24 @@ class Settings(BaseSettings):
     def _level_in_capitals(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("broker_url")
+    @classmethod
+    def _a_known_transport(cls, value: str) -> str:
+        # Celery would otherwise start and hang (worker) or fail each enqueue (gateway) on a
+        # typo; kombu names the transport before any "+" (sqla+postgresql://), and ";"
+        # separates failover brokers.
+        from kombu.transport import TRANSPORT_ALIASES
+
+        for url in value.split(";"):
+            scheme, sep, _ = url.strip().partition("://")
+            transport = scheme.split("+", 1)[0]
+            if not sep or transport not in TRANSPORT_ALIASES:
+                raise ValueError(
+                    f"{redact_url(url.strip())!r} names no broker transport kombu knows: "
+                    "expected <transport>://..., e.g. redis://host:6379/0 or filesystem://"
+                )
+        return value
+
     @field_validator("inference_queue")
     @classmethod
     def _an_inference_queue(cls, value: Queue) -> Queue:

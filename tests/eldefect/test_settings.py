@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from eldefect.broker import broker_options, embedded_broker_folders
 from eldefect.settings import Settings, redact_url
@@ -58,6 +59,32 @@ def test_the_default_var_dir_keeps_the_documented_defaults(
     settings = Settings()
     assert settings.database_url == "sqlite:///var/eldefect.db"
     assert settings.mlflow_tracking_uri == "sqlite:///var/mlflow.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis:6379/0",
+        "rediss://r:6380/0",
+        "filesystem://",
+        "sqla+postgresql://u@db/x",
+        "redis://a:6379/0;redis://b:6379/0",
+        "amqp://guest@rabbit//",
+    ],
+)
+def test_broker_urls_of_known_transports_are_taken(url: str) -> None:
+    assert Settings(broker_url=url).broker_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["foo://x", "redis//redis:6379", "redis:6379", "redis://a:6379/0;bogus://u:pw@b"]
+)
+def test_a_broker_url_without_a_known_transport_is_refused(url: str) -> None:
+    # Celery would start a worker that hangs on such a URL, with no line saying why.
+    with pytest.raises(ValidationError, match="names no broker transport") as refused:
+        Settings(broker_url=url)
+    message = refused.value.errors()[0]["msg"]  # what the CLI prints (not the input)
+    assert ":pw@" not in message, "the password is not echoed"
 
 
 def test_redact_url_hides_passwords_only() -> None:
