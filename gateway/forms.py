@@ -33,6 +33,13 @@ class _SpoolingParser(MultiPartParser):
     # Past this size a part goes to a temporary file on disk.
     spool_max_size = 256 * 1024
 
+    complete = False
+
+    def on_end(self) -> None:
+        # python-multipart calls this only on the closing boundary: a body cut short (a client
+        # or proxy dropping the connection) would otherwise parse as the parts before the cut.
+        self.complete = True
+
     def on_part_end(self) -> None:
         # Starlette decodes a text field that is not valid in the form's charset as Latin-1,
         # which would store "M-\xff" as "M-ÿ": refuse it instead.
@@ -113,6 +120,14 @@ async def read_form(
             raise too_many_files from None
         message = f"the multipart body cannot be parsed: {exc.message}"
         raise ApiError(400, "bad_request", message) from None
+    if not parser.complete:
+        await form.close()
+        raise ApiError(
+            400,
+            "bad_request",
+            "the multipart body ended before its closing boundary (cut short or empty); "
+            "nothing was accepted",
+        )
     return UploadForm(form)
 
 

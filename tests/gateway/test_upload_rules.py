@@ -126,6 +126,29 @@ def test_a_text_field_that_is_not_utf8_is_400_not_stored_as_latin1(
     assert job_count(_db(client)) == 0
 
 
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches"])
+@pytest.mark.parametrize("cut", ["in the file", "before the closing boundary", "empty"])
+def test_a_multipart_body_cut_short_is_400_and_accepts_nothing(
+    client: TestClient, auth: dict[str, str], route: str, cut: str
+) -> None:
+    whole = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + factories.png8() + b"\r\n--b--\r\n"
+    )
+    body = {
+        "in the file": whole[: len(whole) // 2],
+        "before the closing boundary": whole[: -len(b"--b--\r\n")],
+        "empty": b"",
+    }[cut]
+    response = client.post(
+        route, content=body, headers=auth | {"Content-Type": "multipart/form-data; boundary=b"}
+    )
+
+    assert_error(response, 400, "bad_request")
+    assert "ended before its closing boundary" in response.json()["error"]["message"]
+    assert job_count(_db(client)) == 0
+
+
 def _batch(
     client: TestClient,
     auth: dict[str, str],
