@@ -6,7 +6,7 @@ The whole config is logged with every MLflow run, so any registered model can be
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,6 +107,12 @@ class AugmentConfig(_Strict):
         le=1,
         description="Probability of a 90-degree turn either way; only for label sets whose "
         "classes have no orientation (not horizontal_ vs vertical_dislocation).",
+    )
+    paste: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        description="Defect copy-paste, class -> probability: a training image gets the "
+        "boxes of that class from another training image, pasted at the same place, and "
+        "the class. For rare classes of VOC data whose images share one geometry.",
     )
     rotate_degrees: float = Field(5.0, ge=0)
     brightness: float = Field(0.2, ge=0)

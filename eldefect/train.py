@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
-from eldefect.augment import build_augmentation
+from eldefect.augment import DefectPaste, build_augmentation
 from eldefect.card import ModelCard
 from eldefect.config import ConfigError, DataConfig, TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
@@ -271,13 +271,41 @@ def epochs_within_budget(
     return max(done, min(planned, done + int((max_minutes - elapsed_minutes) / per_epoch)))
 
 
+def defect_paste(
+    cache: ImageCache, train_idx: np.ndarray, config: TrainConfig, labels: LabelSet
+) -> DefectPaste | None:
+    """`augment.paste` over the training split's images, or None where it names no class."""
+    if not config.augment.enabled or not config.augment.paste:
+        return None
+    unknown = sorted(set(config.augment.paste) - set(labels.labels))
+    if unknown:
+        raise ConfigError(f"augment.paste: {unknown} not in label set {labels.name!r}")
+    probabilities = {labels.index(name): p for name, p in config.augment.paste.items()}
+    paste = DefectPaste(cache.images, cache.regions, train_idx.tolist(), probabilities)
+    donors = {labels.labels[cls]: len(sources) for cls, sources in paste.sources.items()}
+    if not all(donors.values()):
+        empty = sorted(name for name, count in donors.items() if not count)
+        raise ConfigError(f"augment.paste: no training image has a box of {empty}")
+    log.info("augment.paste: training images with boxes to paste %s", donors)
+    return paste
+
+
 def data_loaders(
-    cache: ImageCache, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig
+    cache: ImageCache,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    paste: DefectPaste | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     spec = config.input.spec()
     augment = build_augmentation(config.augment)  # training split only
     train_ds = CachedDataset(
-        cache, train_idx, spec=spec, augment=augment, confidences=config.data.soft_targets
+        cache,
+        train_idx,
+        spec=spec,
+        augment=augment,
+        paste=paste,
+        confidences=config.data.soft_targets,
     )
     val_ds = CachedDataset(cache, val_idx, spec=spec)
     batch = config.optim.batch_size
@@ -362,7 +390,8 @@ def train(
         folds=config.data.folds,
         fold=config.data.fold,
     )
-    train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config)
+    paste = defect_paste(cache, train_idx, config, labels)
+    train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config, paste)
     precision = resolve_precision(config.optim.precision, dev)
     log.info(
         "precision %s (optim.precision %s); data: %s; %d train / %d val; positives train %s val %s",

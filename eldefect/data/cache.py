@@ -6,20 +6,23 @@ Epochs then cost only augmentation and the model, which matters on a 2-core mach
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from math import ceil, floor
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from eldefect.data.readers import DatasetError, Sample
+from eldefect.data.readers import Box, DatasetError, Sample
 from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.preprocess import InputSpec, normalize, resize
 from eldefect.stats import input_statistics
 
 log = logging.getLogger(__name__)
+
+Region = tuple[int, int, int, int, int]
 
 # An image whose 90th intensity percentile is below this is "almost fully black".
 NEAR_BLACK_P90 = 0.03
@@ -32,6 +35,9 @@ class ImageCache:
     confidences: torch.Tensor  # (N, C) float32: the labellers' confidence, else the targets
     stats: list[dict[str, float]]
     paths: list[Path]
+    # Per image, its defects' boxes in the resized image's pixels: (class, y0, y1, x0, x1),
+    # rows y0:y1 and columns x0:x1 (the source of `DefectPaste`).
+    regions: list[tuple[Region, ...]] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     near_black: list[str] = field(default_factory=list)
 
@@ -39,7 +45,7 @@ class ImageCache:
     def build(
         cls, samples: Sequence[Sample], size: int, *, max_pixels: int, progress: bool = True
     ) -> ImageCache:
-        images, targets, confidences, stats, paths = [], [], [], [], []
+        images, targets, confidences, stats, paths, regions = [], [], [], [], [], []
         unreadable, near_black = [], []
         for sample in tqdm(samples, desc="decode", unit="img", disable=not progress):
             try:
@@ -57,6 +63,7 @@ class ImageCache:
             confidences.append(torch.from_numpy(confidence))
             stats.append(row)
             paths.append(sample.path)
+            regions.append(scale_boxes(sample.boxes, size))
         if not images:
             raise DatasetError(
                 f"none of the dataset's {len(samples)} labelled images could be read"
@@ -78,12 +85,25 @@ class ImageCache:
             torch.stack(confidences),
             stats,
             paths,
+            regions,
             unreadable,
             near_black,
         )
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def scale_boxes(boxes: Sequence[Box], size: int) -> tuple[Region, ...]:
+    """Boxes in fractions of the image -> (class, y0, y1, x0, x1) in its (size, size) resize,
+    widened to whole pixels and kept inside the image; boxes left empty are dropped."""
+    out = []
+    for cls, xmin, ymin, xmax, ymax in boxes:
+        y0, y1 = max(0, floor(ymin * size)), min(size, ceil(ymax * size))
+        x0, x1 = max(0, floor(xmin * size)), min(size, ceil(xmax * size))
+        if y0 < y1 and x0 < x1:
+            out.append((cls, y0, y1, x0, x1))
+    return tuple(out)
 
 
 class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -100,9 +120,11 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
         *,
         spec: InputSpec,
         augment: torch.nn.Module | None = None,
+        paste: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
         confidences: bool = False,
     ) -> None:
-        self.cache, self.indices, self.augment = cache, indices, augment
+        self.cache, self.indices, self.augment, self.paste = cache, indices, augment, paste
         self.spec = spec
         self.targets = cache.confidences if confidences else cache.targets
 
@@ -111,8 +133,11 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = int(self.indices[i])
-        x = self.cache.images[j].float()  # (1, S, S)
+        x = self.cache.images[j].float()  # (1, S, S), a copy
+        target = self.targets[j]
+        if self.paste is not None:
+            x, target = self.paste(x, target)
         if self.augment is not None:
             x = self.augment(x).clamp_(0.0, 1.0)
         # The same normalise as serving (eldefect.preprocess), after the augmentation.
-        return normalize(x, self.spec), self.targets[j]
+        return normalize(x, self.spec), target

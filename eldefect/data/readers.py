@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from eldefect.data.voc_xml import read_voc_names
+from eldefect.data.voc_xml import VocObject, read_voc_objects
 from eldefect.labels import LabelSet
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+Box = tuple[int, float, float, float, float]
 
 
 class DatasetError(ValueError):
@@ -34,6 +38,9 @@ class Sample:
     # The labellers' confidence per class where the dataset records one (ELPV's defect
     # probability); `target` is it thresholded at 0.5.
     confidence: np.ndarray | None = None
+    # Where the annotation marks each defect: (class index, xmin, ymin, xmax, ymax) as
+    # fractions of the image's width and height; empty for datasets without boxes.
+    boxes: tuple[Box, ...] = ()
 
 
 @dataclass
@@ -93,6 +100,7 @@ def read_voc(
     for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         report.images += 1
         target = np.zeros(len(labels), np.float32)
+        boxes: tuple[Box, ...] = ()
         xml = ann_dir / f"{path.stem}.xml"
         if not xml.is_file():
             report.missing_annotation.append(path.name)
@@ -100,7 +108,7 @@ def read_voc(
                 continue
         else:
             try:
-                names = read_voc_names(xml)
+                names, objects = read_voc_objects(xml)
             except ET.ParseError:
                 report.bad_annotation.append(xml.name)
                 continue
@@ -111,7 +119,8 @@ def read_voc(
                     target[labels.index(name)] = 1.0
                 else:
                     report.unknown_labels[name] += 1
-        samples.append(Sample(path, target))
+            boxes = relative_boxes(path, [o for o in objects if o.name in labels.labels], labels)
+        samples.append(Sample(path, target, boxes=boxes))
     if report.unknown_labels and not ignore_unknown_labels:
         raise DatasetError(
             f"{root}: label names not in label set {labels.name!r}: "
@@ -120,6 +129,23 @@ def read_voc(
         )
     log.info("read %s: %s", root, report.summary())
     return samples, report
+
+
+def relative_boxes(path: Path, objects: list[VocObject], labels: LabelSet) -> tuple[Box, ...]:
+    """The objects' boxes as fractions of the image's size, read from its header (the decoder
+    may reduce a JPEG, and an XML's <size> can be wrong); none where it cannot be read."""
+    if not objects:
+        return ()
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return ()  # the image cache reports it as unreadable
+    return tuple(
+        (labels.index(o.name), xmin / width, ymin / height, xmax / width, ymax / height)
+        for o in objects
+        for xmin, ymin, xmax, ymax in [o.box]
+    )
 
 
 def read_elpv(

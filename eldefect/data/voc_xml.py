@@ -32,11 +32,35 @@ def write_voc_xml(
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=False)
 
 
+def read_voc_objects(path: Path) -> tuple[list[str], list[VocObject]]:
+    """The `<object><name>` values of one annotation file (may be empty), and the objects
+    among them with a well-formed box (xmin < xmax, ymin < ymax), in file order."""
+    root = ET.parse(path).getroot()
+    names, boxed = [], []
+    for node in root.iter("object"):
+        name = (node.findtext("name") or "").strip()
+        if not name:
+            continue
+        names.append(name)
+        box = _box(node.find("bndbox"))
+        if box is not None:
+            boxed.append(VocObject(name, box))
+    return names, boxed
+
+
 def read_voc_names(path: Path) -> list[str]:
     """The `<object><name>` values of one annotation file (may be empty)."""
-    root = ET.parse(path).getroot()
-    return [
-        (node.findtext("name") or "").strip()
-        for node in root.iter("object")
-        if (node.findtext("name") or "").strip()
-    ]
+    return read_voc_objects(path)[0]
+
+
+def _box(node: ET.Element | None) -> tuple[int, int, int, int] | None:
+    if node is None:
+        return None
+    try:
+        # Some tools write "12.0"; VOC's own files hold integers.
+        xmin, ymin, xmax, ymax = (
+            round(float(node.findtext(tag) or "")) for tag in ("xmin", "ymin", "xmax", "ymax")
+        )
+    except ValueError:
+        return None
+    return (xmin, ymin, xmax, ymax) if xmin < xmax and ymin < ymax else None

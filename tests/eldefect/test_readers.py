@@ -45,6 +45,30 @@ def test_voc_targets_and_counted_quirks(tmp_path: Path) -> None:
     assert "1 without an annotation file" in report.summary()
 
 
+def test_voc_boxes_are_fractions_of_the_image_and_malformed_ones_are_dropped(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    Image.fromarray(np.zeros((50, 200), np.uint8)).save(root / "JPEGImages" / "a.png")
+    # The XML's <size> is wrong on purpose: the image's own size is what counts.
+    (root / "Annotations" / "a.xml").write_text(
+        "<annotation><size><width>8</width><height>8</height></size>"
+        "<object><name>finger</name><bndbox><xmin>20</xmin><ymin>5.0</ymin>"
+        "<xmax>100</xmax><ymax>50</ymax></bndbox></object>"
+        "<object><name>crack</name><bndbox><xmin>9</xmin><ymin>1</ymin>"
+        "<xmax>3</xmax><ymax>4</ymax></bndbox></object>"  # xmax < xmin
+        "<object><name>crack</name><bndbox><xmin>x</xmin></bndbox></object>"
+        "<object><name>crack</name></object></annotation>"
+    )
+
+    (sample,), _ = read_voc(root, LABELS)
+
+    assert sample.target.tolist() == [1, 1]  # every object names a class, boxed or not
+    assert sample.boxes == ((1, 0.1, 0.1, 0.5, 1.0),)
+
+
 def test_missing_annotation_can_mean_defect_free(tmp_path: Path) -> None:
     samples, _ = read_voc(_voc(tmp_path, {"d": None}), LABELS, missing_annotation="negative")
     assert [s.target.tolist() for s in samples] == [[0, 0]]

@@ -14,6 +14,7 @@ from torch import nn
 
 from eldefect.config import (
     AugmentConfig,
+    ConfigError,
     DataConfig,
     InputConfig,
     ModelConfig,
@@ -31,6 +32,7 @@ from eldefect.preprocess import InputSpec
 from eldefect.train import (
     WarmupCosine,
     balanced_sample_weights,
+    defect_paste,
     epochs_within_budget,
     load_samples,
     train,
@@ -91,11 +93,12 @@ def test_weight_average_is_an_exponential_moving_average() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("precision", "ema_decay", "sampling", "focal_gamma"),
+    ("precision", "ema_decay", "sampling", "focal_gamma", "paste"),
     [
-        ("fp32", None, "shuffle", 0.0),
-        ("bf16", None, "shuffle", 0.0),
-        ("bf16", 0.9, "balanced", 2.0),
+        ("fp32", None, "shuffle", 0.0, {}),
+        ("bf16", None, "shuffle", 0.0, {}),
+        ("bf16", 0.9, "balanced", 2.0, {}),
+        ("bf16", None, "shuffle", 0.0, {"fragment": 0.3, "corner": 0.3}),
     ],
 )
 def test_the_synthetic_classes_are_learned_with_each_option(
@@ -104,10 +107,12 @@ def test_the_synthetic_classes_are_learned_with_each_option(
     ema_decay: float | None,
     sampling: str,
     focal_gamma: float,
+    paste: dict[str, float],
 ) -> None:
     config = load_train_config(CONFIG)
     config.data.synthetic_n = 200
     config.optim.epochs = 6
+    config.augment.paste = paste
     config.optim.precision = precision  # type: ignore[assignment]
     config.optim.ema_decay = ema_decay
     config.optim.sampling = sampling  # type: ignore[assignment]
@@ -117,6 +122,26 @@ def test_the_synthetic_classes_are_learned_with_each_option(
     # Six short epochs: ~0.71 with each option when written; an untrained model scores the
     # classes' prevalence (~0.2-0.4), so this fails if an option breaks learning.
     assert outcome.metrics["best_val_macro_ap"] >= 0.6, outcome.metrics
+
+
+def test_defect_paste_names_a_class_of_the_label_set_with_boxes_to_paste(tmp_path: Path) -> None:
+    config = load_train_config(CONFIG)
+    labels = load_label_set(config.data.labels)
+    samples, _ = load_samples(config, labels, None, tmp_path)
+    cache = ImageCache.build(samples[:40], 96, max_pixels=10**6, progress=False)
+    rows = np.arange(len(cache))
+    config.augment.paste = {"fragment": 0.5}
+    paste = defect_paste(cache, rows, config, labels)
+    assert paste is not None and paste.sources[labels.index("fragment")]
+
+    config.augment.paste = {"smudge": 0.5}
+    with pytest.raises(ConfigError, match=r"'smudge'.* not in label set"):
+        defect_paste(cache, rows, config, labels)
+    config.augment.paste = {"scratch": 0.5}  # in the label set, never drawn by the synthesiser
+    with pytest.raises(ConfigError, match=r"no training image has a box of .'scratch'"):
+        defect_paste(cache, rows, config, labels)
+    config.augment.enabled = False
+    assert defect_paste(cache, rows, config, labels) is None
 
 
 def test_the_budget_shortens_the_schedule_to_the_epochs_that_fit() -> None:
