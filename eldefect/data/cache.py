@@ -133,7 +133,7 @@ class CachedDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = int(self.indices[i])
-        x = self.cache.images[j].float()  # (1, S, S), a copy
+        x = self.cache.images[j].float()  # (1, S, S): a copy of the float16 row, pasted into
         target = self.targets[j]
         if self.paste is not None:
             x, target = self.paste(x, target)
