@@ -119,7 +119,7 @@ def read_voc(
                     target[labels.index(name)] = 1.0
                 else:
                     report.unknown_labels[name] += 1
-            boxes = relative_boxes(path, [o for o in objects if o.name in labels.labels], labels)
+            boxes = relative_boxes(path, objects, labels)
         samples.append(Sample(path, target, boxes=boxes))
     if report.unknown_labels and not ignore_unknown_labels:
         raise DatasetError(
@@ -132,9 +132,11 @@ def read_voc(
 
 
 def relative_boxes(path: Path, objects: list[VocObject], labels: LabelSet) -> tuple[Box, ...]:
-    """The objects' boxes as fractions of the image's size, read from its header (the decoder
-    may reduce a JPEG, and an XML's <size> can be wrong); none where it cannot be read."""
-    if not objects:
+    """The boxes of the label set's classes as fractions of the image's size, read from its
+    header (the decoder may reduce a JPEG, and an XML's <size> can be wrong); none where it
+    cannot be read."""
+    known = [o for o in objects if o.name in labels.labels]
+    if not known:
         return ()
     try:
         with Image.open(path) as img:
@@ -142,9 +144,14 @@ def relative_boxes(path: Path, objects: list[VocObject], labels: LabelSet) -> tu
     except (OSError, ValueError, Image.DecompressionBombError):
         return ()  # the image cache reports it as unreadable
     return tuple(
-        (labels.index(o.name), xmin / width, ymin / height, xmax / width, ymax / height)
-        for o in objects
-        for xmin, ymin, xmax, ymax in [o.box]
+        (
+            labels.index(o.name),
+            o.box[0] / width,
+            o.box[1] / height,
+            o.box[2] / width,
+            o.box[3] / height,
+        )
+        for o in known
     )
 
 
