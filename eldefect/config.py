@@ -141,7 +141,7 @@ class OptimConfig(_Strict):
     precision: Precision = Field(
         "auto",
         description="Autocast dtype of the forward pass; auto: bf16 where it is faster (AMX "
-        "CPUs, CUDA), fp32 elsewhere.",
+        "CPUs, AMD CPUs with AVX512-BF16, CUDA), fp32 elsewhere.",
     )
     # A per-step decay: with ~20 steps an epoch, 0.99 averages over the last ~5 epochs.
     ema_decay: float | None = Field(

@@ -48,10 +48,10 @@ class FoldCheck:
 
 
 # The shipped config runs 72 epochs: a fold takes 17 to 27 minutes on 2 cores even in bf16,
-# too much of a CI run, so with native bf16 it trains for 36 epochs (the recipe before, whose
+# too much of a CI run, so where bf16 is fast it trains for 36 epochs (the recipe before, whose
 # own 5-fold CV gives these floors). In fp32 even that takes about an hour a fold, so CPUs
-# without bf16 train it for 6 epochs, which learns four classes and not `broken` (its floor
-# is near the prevalence: nothing to guard there).
+# where bf16 is not faster train it for 6 epochs, which learns four classes and not `broken`
+# (its floor is near the prevalence: nothing to guard there).
 BF16_36 = FoldCheck(  # 7 to 15 minutes on 2 cores in bf16 (two machines so far)
     36,
     {
