@@ -35,6 +35,25 @@ class _SpoolingParser(MultiPartParser):
 
     complete = False
 
+    def __init__(self, request: Request, *, file_field: str, max_files: int, max_fields: int):
+        super().__init__(
+            request.headers, request.stream(), max_files=max_files, max_fields=max_fields
+        )
+        self.file_field = file_field.encode()
+
+    def on_headers_finished(self) -> None:
+        # RFC 7578 makes a file part's filename optional, and clients leave it out (a Buffer
+        # through Node's form-data, hand-built bodies); Starlette would then read the image
+        # as a text field. A part under the file field's name is a file either way, unnamed.
+        part = self._current_part
+        _disposition, options = parse_options_header(part.content_disposition)
+        unnamed = options.get(b"name") == self.file_field and b"filename" not in options
+        if unnamed:
+            part.content_disposition = (part.content_disposition or b"") + b'; filename=""'
+        super().on_headers_finished()
+        if unnamed and part.file is not None:
+            part.file.filename = None
+
     def on_end(self) -> None:
         # python-multipart calls this only on the closing boundary: a body cut short (a client
         # or proxy dropping the connection) would otherwise parse as the parts before the cut.
@@ -72,10 +91,8 @@ class UploadForm:
     form: FormData
 
     def files(self, name: str) -> list[UploadFile]:
-        parts = self.form.getlist(name)
-        if any(isinstance(part, str) for part in parts):
-            raise invalid(f"{name}: expected a file part (with a filename), got a text field")
-        return [part for part in parts if isinstance(part, UploadFile)]
+        """The file parts under `name` (read_form's `file_field`: all of its parts)."""
+        return [part for part in self.form.getlist(name) if isinstance(part, UploadFile)]
 
     def texts(self, name: str, *, max_length: int = ID_MAX_LENGTH) -> list[str]:
         values = self.form.getlist(name)
@@ -99,19 +116,25 @@ class UploadForm:
 
 
 async def read_form(
-    request: Request, *, max_files: int, max_fields: int, too_many_files: ApiError
+    request: Request,
+    *,
+    file_field: str,
+    max_files: int,
+    max_fields: int,
+    too_many_files: ApiError,
 ) -> UploadForm:
     """Parse the request's multipart (or urlencoded) body; a body over its limit is a 413.
 
-    A file part past `max_files` raises `too_many_files` as soon as its headers are parsed:
-    the rest of the body is never read.
+    Parts named `file_field` are files, with a filename or without. A file part past
+    `max_files` raises `too_many_files` as soon as its headers are parsed: the rest of the
+    body is never read.
     """
     content_type, _params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         # No file can come any other way: the route then says which field is missing.
         return UploadForm(FormData())
     parser = _SpoolingParser(
-        request.headers, request.stream(), max_files=max_files, max_fields=max_fields
+        request, file_field=file_field, max_files=max_files, max_fields=max_fields
     )
     try:
         form = await parser.parse()

@@ -141,7 +141,11 @@ async def submit_batch(
     too_many = ApiError(413, "too_many_files", f"a batch holds at most {limit} files")
     try:
         form = await read_form(
-            request, max_files=limit, max_fields=2 * limit + 8, too_many_files=too_many
+            request,
+            file_field="files",
+            max_files=limit,
+            max_fields=2 * limit + 8,
+            too_many_files=too_many,
         )
     except ApiError as exc:
         if exc is too_many:

@@ -122,6 +122,7 @@ async def submit_job(
             return first
     form = await read_form(
         request,
+        file_field="file",
         max_files=1,
         max_fields=_MAX_FIELDS,
         too_many_files=invalid(

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from db.models import FILENAME_LENGTH, Job
 from db.session import session_scope
 from tests.gateway import factories
+from tests.gateway.asgi import BOUNDARY, multipart
 from tests.gateway.conftest import issue_token, job_count
 from tests.gateway.test_jobs_api import _db, assert_error, submit
 
@@ -243,3 +244,35 @@ def test_a_retried_batch_with_its_idempotency_key_returns_the_first_one(
     assert again.headers["location"] == f"/v1/batches/{first.json()['id']}"
     assert (other_key.status_code, other_station.status_code) == (202, 202)
     assert job_count(_db(client)) == 4
+
+
+def _unnamed_parts(field: str, *images: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart body whose file parts carry no filename (RFC 7578 makes it optional)."""
+    body = b"".join(multipart([(field, "", data) for data in images]))
+    return body, {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def test_a_file_part_without_a_filename_is_an_image_like_any_other(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    body, headers = _unnamed_parts("file", factories.png8())
+    response = client.post("/v1/jobs", content=body, headers=auth | headers)
+
+    assert response.status_code == 202, response.text
+    assert _filename(_db(client), response.json()["id"]) is None
+
+    body, headers = _unnamed_parts("files", factories.png8(), factories.png8())
+    batch = client.post("/v1/batches", content=body, headers=auth | headers)
+
+    assert batch.status_code == 202, batch.text
+    assert len(batch.json()["jobs"]) == 2
+
+
+def test_text_sent_as_the_file_is_refused_as_not_an_image(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    body, headers = _unnamed_parts("file", b"cell 4 looks cracked")
+    response = client.post("/v1/jobs", content=body, headers=auth | headers)
+
+    assert_error(response, 415, "unsupported_media_type")
+    assert job_count(_db(client)) == 0
