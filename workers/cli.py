@@ -66,7 +66,8 @@ def eldefect_argv() -> list[str]:
     "--maintenance/--no-maintenance",
     default=True,
     show_default=True,
-    help="Also run the sweep (in its own thread) and the maintenance queue's tasks.",
+    help="Also consume the maintenance queue (beat's drift, prune and retraining checks). "
+    "Every worker runs the sweep, in its own thread, either way.",
 )
 @click.option("--name", default=None, help="Worker node name [default: <queue>.<pid>@<host>].")
 @click.option(
@@ -124,7 +125,8 @@ def worker(
 
 @click.command()
 def beat() -> None:
-    """Run Celery beat: the periodic sweep (workers/schedule.py), and the metrics exporter."""
+    """Run Celery beat: the periodic maintenance messages (workers/schedule.py: drift,
+    pruning, retraining checks), and the metrics exporter. The sweep is the workers' own."""
     settings = get_settings()
     settings.ensure_var_dir()
     if settings.exporter_port:

@@ -125,8 +125,9 @@ def _start_worker(sender: Any, **_: Any) -> None:
         queue=queue,
         model_state=get_model_cache().state if serves_model else None,
         send=send_infer,
-        # Workers that take housekeeping (--maintenance) also sweep, in their own thread.
-        sweep=Queue.MAINTENANCE in queues,
+        # Every worker sweeps, the training worker (--no-maintenance) too: with the inference
+        # workers down, its sweep is what fails their queued jobs `model_unavailable`.
+        sweep=True,
     )
     _housekeeper.start()
     log.info(

@@ -159,6 +159,31 @@ def test_sweep_recovers_jobs_whose_messages_redis_lost(
     assert result_count(url) == 40
 
 
+def test_the_training_worker_sweeps_too_and_ends_jobs_no_worker_can_serve(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Compose starts the training worker with --no-maintenance (no maintenance queue). With
+    every inference worker down, its sweep is what ends their queued jobs."""
+    url = _use(
+        monkeypatch, ELDEFECT_SWEEP_INTERVAL_S="1", ELDEFECT_MODEL_UNAVAILABLE_FAIL_AFTER_S="1"
+    )
+    ids = submit(url, [png_bytes(0)], send=False)
+    worker = Proc(
+        ["worker", "--queue", "training", "--no-maintenance", "--name", "training.1@test"],
+        tmp_path / "training.log",
+    )
+    try:
+        worker.wait_for(" ready.")
+        final = wait_all_finished(url, ids, 60, worker.text, [worker])
+    finally:
+        worker.stop()
+    assert final[ids[0]] == JobStatus.failed
+    with session_scope(url) as session:
+        job = session.get(Job, ids[0])
+        assert job is not None and job.error_code == "model_unavailable"
+        assert (job.error_message or "").endswith("no inference worker is running")
+
+
 def test_worker_killed_mid_batch_leaves_no_job_behind_and_none_done_twice(
     backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
