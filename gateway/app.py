@@ -18,6 +18,7 @@ from eldefect.settings import Settings, get_settings, redact_url
 from gateway.enqueue import Enqueuer
 from gateway.errors import ContentLengthLimit, install_error_handlers
 from gateway.metrics import MetricsMiddleware
+from gateway.query import EmptyQueryValuesAbsent
 from gateway.routes import batches, drift, health, jobs, retrains, reviews
 from gateway.tokens import TokenCache
 from gateway.uploads import decode_slots
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Refuses a declared length over the limit before routing, so before the token is read:
     # a 413 then costs no more than a 401.
     app.add_middleware(ContentLengthLimit, limits=limits, default=FORM_OVERHEAD_BYTES)
+    app.add_middleware(EmptyQueryValuesAbsent)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the refusals above as well
     app.include_router(health.router)
     # Streamed bodies (no Content-Length) are cut off at the same limits while being read.

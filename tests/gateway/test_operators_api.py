@@ -218,6 +218,25 @@ def test_reviews_since_and_limit(
     assert_error(client.get("/v1/reviews?limit=0", headers=operator), 422, "validation_error")
 
 
+def test_empty_query_values_count_as_absent_as_the_contract_writes_them(
+    client: TestClient, auth: dict[str, str], operator: dict[str, str]
+) -> None:
+    job_id = succeeded_job(client, auth)
+    assert review(client, operator, job_id, ["crack"]).status_code == 201
+
+    listed = client.get("/v1/reviews?since=&limit=", headers=operator)
+    drift = client.get("/v1/drift?limit=", headers=operator)
+    job = client.get(f"/v1/jobs/{job_id}?wait=", headers=auth)
+
+    assert listed.status_code == 200, listed.text
+    assert [r["job_id"] for r in listed.json()["reviews"]] == [job_id]
+    assert drift.status_code == 200, drift.text
+    assert job.status_code == 200 and job.json()["id"] == job_id
+    assert_error(
+        client.get("/v1/reviews?since=&limit=x", headers=operator), 422, "validation_error"
+    )
+
+
 def test_paging_with_since_reads_every_review_once_in_order(
     client: TestClient, auth: dict[str, str], operator: dict[str, str]
 ) -> None:
