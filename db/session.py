@@ -14,8 +14,20 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
+
+# The errors that mean the database is away (restart, failover, network, a full pool), not a
+# bug: worth another try later. Celery's autoretry_for takes classes, hence the tuple.
+DATABASE_OUTAGES = (PoolTimeoutError, OperationalError, InterfaceError)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database is unreachable or went away, so the same work may pass later."""
+    if isinstance(exc, DATABASE_OUTAGES):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

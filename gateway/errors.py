@@ -14,12 +14,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from db.session import is_database_outage
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +112,6 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 # Seconds a client should wait before retrying while the database is away.
 DATABASE_RETRY_AFTER_S = 2
-
-
-def is_database_outage(exc: BaseException) -> bool:
-    """The database is unreachable or went away (restart, network, full pool), not a bug."""
-    if isinstance(exc, PoolTimeoutError | OperationalError | InterfaceError):
-        return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _first_line(exc: BaseException) -> str:

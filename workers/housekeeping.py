@@ -18,9 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
-from db.session import session_scope
+from db.session import DATABASE_OUTAGES, session_scope
 from db.workers import record_heartbeat, remove_worker
 from eldefect.settings import Settings
 from workers.inference import BATCHES, run_sweep
@@ -88,8 +86,9 @@ class Housekeeper:
                 due[name] = time.monotonic() + intervals[name]
                 try:
                     task()
-                except (OperationalError, InterfaceError) as exc:  # the database is away
-                    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc) else ""
+                except DATABASE_OUTAGES as exc:  # the database is away
+                    text = str(getattr(exc, "orig", None) or exc).strip()
+                    reason = text.splitlines()[0] if text else type(exc).__name__
                     log.warning(
                         "%s: database unavailable (%s); trying again in %g s",
                         name,

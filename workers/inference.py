@@ -19,10 +19,14 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import OperationalError
 
 from db import lifecycle
-from db.session import get_autocommit_sessionmaker, session_scope
+from db.session import (
+    DATABASE_OUTAGES,
+    get_autocommit_sessionmaker,
+    is_database_outage,
+    session_scope,
+)
 from db.task_runs import record_task_run
 from db.workers import QueueCounts, WorkerSeen, live_workers
 from eldefect.broker import INFERENCE_QUEUES, route_inference
@@ -110,7 +114,7 @@ def claim_batch(*, settings: Settings, prefer: str | None) -> list[lifecycle.Cla
         try:
             with claiming() as session:
                 jobs += claim(session=session, limit=size - len(jobs), fresh_only=True)
-        except OperationalError:  # the database went away: go on with (and answer for) these
+        except DATABASE_OUTAGES:  # the database went away: go on with (and answer for) these
             log.warning("database lost while filling a batch; going on with %d jobs", len(jobs))
             break
     return jobs
@@ -259,11 +263,11 @@ def process_batch(
             )
             report.failed = lifecycle.fail_jobs(session=session, errors=errors)
         _record_finished(report, outcomes, errors)
-    except OperationalError:  # transient (the task retries): another try for these jobs
-        _release(settings, jobs, on_unreleased)
-        raise
-    except Exception as exc:  # a retry would fail the same way: end these jobs, do not loop
-        _fail_internal(settings, report.claimed, exc)
+    except Exception as exc:
+        if is_database_outage(exc):  # transient (the task retries): another try for these jobs
+            _release(settings, jobs, on_unreleased)
+        else:  # a retry would fail the same way: end these jobs, do not loop
+            _fail_internal(settings, report.claimed, exc)
         raise
     except BaseException:  # the worker is stopping: hand the jobs back now
         _release(settings, jobs, None)

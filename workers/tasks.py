@@ -12,10 +12,10 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
-from sqlalchemy.exc import OperationalError
 
 from db.retention import prune_images as prune_images_before
 from db.retention import retention_cutoff
+from db.session import DATABASE_OUTAGES
 from eldefect.broker import DRIFT_TASK, INFER_TASK, INFERENCE_QUEUES, PRUNE_TASK, Queue
 from eldefect.settings import get_settings, redact_url
 from eldefect.wakeups import wake_marker
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
     # Only errors that pass with time: the database briefly unreachable (failover, restart,
     # "database is locked" past busy_timeout) and no model under the alias yet. A bad image is
     # never retried: its job ends `failed` inside process_batch.
-    autoretry_for=(OperationalError, ModelUnavailableError),
+    autoretry_for=(*DATABASE_OUTAGES, ModelUnavailableError),
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,

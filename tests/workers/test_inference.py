@@ -199,18 +199,32 @@ def test_a_model_that_fails_on_every_image_says_so_rather_than_blaming_each_imag
     ]
 
 
-def test_a_database_error_hands_the_batch_back(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from sqlalchemy.exc import OperationalError
+def _outages() -> list[Exception]:
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+    closed = Exception("server closed the connection")
+    return [
+        OperationalError("INSERT", {}, closed),
+        InterfaceError("INSERT", {}, Exception("connection already closed")),
+        PoolTimeoutError("QueuePool limit of size 5 overflow 10 reached"),
+        DBAPIError("INSERT", {}, closed, connection_invalidated=True),
+    ]
+
+
+@pytest.mark.parametrize("outage", _outages(), ids=lambda e: type(e).__name__)
+def test_a_database_outage_hands_the_batch_back(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, outage: Exception
+) -> None:
+    """Every error that means the database is away (as the gateway reads them too), not only
+    OperationalError: the jobs go back to queued for the task's retry, none is failed."""
     ids = queued_jobs(db_url, [png_bytes(0), png_bytes(1)])
 
     def broken(**_: Any) -> list[str]:
-        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        raise outage
 
     monkeypatch.setattr(lifecycle, "record_results", broken)
-    with pytest.raises(OperationalError):
+    with pytest.raises(type(outage)):
         process_batch(settings=settings_for(db_url), model_source=FakeModel)
     with session_scope(db_url) as session:
         assert {j.status for j in session.scalars(select(Job))} == {JobStatus.queued}
