@@ -1,9 +1,11 @@
 """Decoding EL images into one representation: a float32 grayscale array on a 0..1 scale.
 
 Pure PIL + numpy (no torch): the bytes are opened and checked by eldefect.image_check, the
-same code the gateway validates uploads with, and converted here. 16-bit images keep their
-dynamic range: they are scaled by their bit depth, never squeezed through 8 bits (16-bit RGB
-PNGs included, see `image_check.PNG_LOW_BYTES`). Every failure of a decoder becomes an
+same code the gateway validates uploads with, and converted here. 16-bit grayscale images
+keep their dynamic range: they are scaled by their bit depth, never squeezed through 8 bits,
+and so are 16-bit RGB PNGs (`image_check.PNG_LOW_BYTES`). 16-bit RGB TIFFs are the exception:
+Pillow reads them as 8 bits per channel, and so does this (EL cameras write grayscale; an RGB
+EL file is three equal channels). Every failure of a decoder becomes an
 `ImageDecodeError` with a stable code, never another exception.
 """
 
