@@ -18,8 +18,8 @@ def list_drift_reports(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> DriftReportList:
-    """The latest drift reports of the served model, newest first, with their measures
-    (the same query as `eldefect drift report`)."""
+    """The latest drift reports, newest first (each names the model it judged), with their
+    measures: the same query as `eldefect drift report`."""
     # Here, not at the top: monitoring.reports brings numpy (~16 MiB), which no request
     # but this one needs.
     from monitoring.reports import latest_reports
