@@ -30,7 +30,7 @@ from eldefect.augment import DefectPaste, build_augmentation
 from eldefect.card import ModelCard
 from eldefect.config import ConfigError, DataConfig, TrainConfig
 from eldefect.data.cache import CachedDataset, ImageCache
-from eldefect.data.readers import LoadReport, Sample, read_elpv, read_voc
+from eldefect.data.readers import DatasetError, LoadReport, Sample, read_elpv, read_voc
 from eldefect.data.split import validation_split
 from eldefect.data.synth import write_synthetic_dataset
 from eldefect.labels import LabelSet, load_label_set
@@ -120,6 +120,31 @@ def read_folder(
         ignore_unknown_labels=data.ignore_unknown_labels,
         missing_annotation=data.missing_annotation,
     )
+
+
+def check_positives(
+    targets: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, labels: LabelSet
+) -> None:
+    """Refuse a split nothing can be learnt or selected on, and name the classes that will
+    not be learnt. Every selection metric averages over the classes with validation
+    positives: with none, every epoch scores NaN and the untrained weights would be kept."""
+    train_pos, val_pos = targets[train_idx].sum(0), targets[val_idx].sum(0)
+    if not train_pos.any():
+        raise DatasetError(
+            f"no training image shows any class of label set {labels.name!r}: nothing to "
+            "learn (are these the dataset's own label names?)"
+        )
+    if not val_pos.any():
+        raise DatasetError(
+            f"no validation image ({len(val_idx)}) shows any class: no epoch can be selected; "
+            "raise data.val_fraction or add images with defects"
+        )
+    absent = [name for name, count in zip(labels.labels, train_pos, strict=True) if not count]
+    if absent:
+        log.warning(
+            "no training image shows %s: not learnt (AP undefined, default threshold)",
+            ", ".join(absent),
+        )
 
 
 def positive_weights(targets: np.ndarray, max_pos_weight: float) -> torch.Tensor:
@@ -390,6 +415,7 @@ def train(
         folds=config.data.folds,
         fold=config.data.fold,
     )
+    check_positives(targets, train_idx, val_idx, labels)
     paste = defect_paste(cache, train_idx, config, labels)
     train_loader, val_loader = data_loaders(cache, train_idx, val_idx, config, paste)
     precision = resolve_precision(config.optim.precision, dev)

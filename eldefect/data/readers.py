@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -112,6 +113,9 @@ def read_voc(
             except ET.ParseError:
                 report.bad_annotation.append(xml.name)
                 continue
+            except ValueError as exc:
+                report.bad_annotation.append(f"{xml.name} ({exc})")
+                continue
             if not names:
                 report.empty_annotation.append(xml.name)
             for name in names:
@@ -169,24 +173,39 @@ def read_elpv(
         raise DatasetError(f"{root} is not an ELPV folder: {csv_path} is missing")
     report = LoadReport()
     samples: list[Sample] = []
-    with csv_path.open() as fh:
-        for row in csv.reader(fh, delimiter=" ", skipinitialspace=True):
-            if not row:
-                continue
-            report.images += 1
-            path = root / row[0]
-            try:
-                probability = float(row[1])
-            except (IndexError, ValueError):
-                report.bad_annotation.append(" ".join(row))
-                continue
-            if cell_type is not None and (len(row) < 3 or row[2] != cell_type):
-                report.images -= 1
-                continue
-            if not path.is_file():
-                report.unreadable_images.append(row[0])
-                continue
-            confidence = np.array([probability], np.float32)
-            samples.append(Sample(path, (confidence >= 0.5).astype(np.float32), confidence))
+    types: Counter[str] = Counter()
+    try:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+        lines = csv_path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv_path} is not UTF-8 text ({exc})") from None
+    for row in filter(None, csv.reader(lines, delimiter=" ", skipinitialspace=True)):
+        report.images += 1
+        path = root / row[0]
+        try:
+            probability = float(row[1])
+        except (IndexError, ValueError):
+            probability = math.nan
+        if not 0.0 <= probability <= 1.0:  # NaN too; a percentage (33) is not a probability
+            report.bad_annotation.append(" ".join(row))
+            continue
+        types[row[2].lower() if len(row) > 2 else "(none)"] += 1
+        if cell_type is not None and (len(row) < 3 or row[2].lower() != cell_type):
+            report.images -= 1
+            continue
+        if not path.is_file():
+            report.unreadable_images.append(row[0])
+            continue
+        confidence = np.array([probability], np.float32)
+        samples.append(Sample(path, (confidence >= 0.5).astype(np.float32), confidence))
+    if not samples and report.bad_annotation:
+        raise DatasetError(
+            f"{csv_path}: no line reads as '<image path> <defect probability 0..1> "
+            f"[mono|poly]', separated by spaces; the first: {report.bad_annotation[0]!r}"
+        )
+    if not samples and cell_type is not None and types:
+        raise DatasetError(
+            f"{csv_path}: no {cell_type!r} cell; the cell types there: {dict(types)}"
+        )
     log.info("read %s: %s", root, report.summary())
     return samples, report

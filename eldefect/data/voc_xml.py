@@ -34,13 +34,18 @@ def write_voc_xml(
 
 def read_voc_objects(path: Path) -> tuple[list[str], list[VocObject]]:
     """The `<object><name>` values of one annotation file (may be empty), and the objects
-    among them with a well-formed box (xmin < xmax, ymin < ymax), in file order."""
+    among them with a well-formed box (xmin < xmax, ymin < ymax), in file order.
+
+    Raises ET.ParseError for a file that is not XML and ValueError for one that cannot be
+    read as an annotation: an encoding expat lacks (GBK), or an object without a name, which
+    would otherwise make a labelled defect read as none.
+    """
     root = ET.parse(path).getroot()
     names, boxed = [], []
     for node in root.iter("object"):
         name = (node.findtext("name") or "").strip()
         if not name:
-            continue
+            raise ValueError("an <object> without a <name>")
         names.append(name)
         box = _box(node.find("bndbox"))
         if box is not None:
@@ -61,6 +66,6 @@ def _box(node: ET.Element | None) -> tuple[int, int, int, int] | None:
         xmin, ymin, xmax, ymax = (
             round(float(node.findtext(tag) or "")) for tag in ("xmin", "ymin", "xmax", "ymax")
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or not a finite one
         return None
     return (xmin, ymin, xmax, ymax) if xmin < xmax and ymin < ymax else None

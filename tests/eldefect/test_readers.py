@@ -102,3 +102,81 @@ def test_readers_refuse_wrong_layouts(tmp_path: Path) -> None:
         read_voc(tmp_path, LABELS)
     with pytest.raises(DatasetError, match=r"labels\.csv"):
         read_elpv(tmp_path, LabelSet("elpv", ("defective",)))
+
+
+def test_voc_files_that_cannot_be_read_as_annotations_are_counted_not_raised(
+    tmp_path: Path,
+) -> None:
+    root = _voc(tmp_path, {"gbk": [], "nameless": [], "infinite": [], "ok": ["crack"]})
+    ann = root / "Annotations"
+    # expat has no multi-byte codecs: a GBK file (Chinese labelling tools) is a ValueError
+    (ann / "gbk.xml").write_bytes(
+        '<?xml version="1.0" encoding="GBK"?><annotation><object><name>crack</name>'
+        "</object></annotation>".encode("gbk")
+    )
+    # a labelled object without its name must not turn the image into a defect-free one
+    (ann / "nameless.xml").write_text(
+        "<annotation><object><name>crack</name></object><object><name> </name></object>"
+        "</annotation>"
+    )
+    (ann / "infinite.xml").write_text(
+        "<annotation><object><name>finger</name><bndbox><xmin>-inf</xmin><ymin>0</ymin>"
+        "<xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>"
+    )
+
+    samples, report = read_voc(root, LABELS)
+
+    by_stem = {s.path.stem: s for s in samples}
+    assert sorted(by_stem) == ["infinite", "ok"]
+    assert by_stem["infinite"].target.tolist() == [0, 1] and by_stem["infinite"].boxes == ()
+    assert sorted(name.split()[0] for name in report.bad_annotation) == [
+        "gbk.xml",
+        "nameless.xml",
+    ]
+    assert "without a <name>" in " ".join(report.bad_annotation)
+
+
+def _elpv(root: Path, text: str, encoding: str = "utf-8") -> Path:
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "images" / f"c{i}.png")
+    (root / "labels.csv").write_bytes(text.encode(encoding))
+    return root
+
+
+ELPV = LabelSet("elpv", ("defective",))
+
+
+def test_elpv_reads_a_spreadsheets_byte_order_mark_and_cell_types_in_any_case(
+    tmp_path: Path,
+) -> None:
+    root = _elpv(tmp_path, "images/c0.png 1.0 Mono\r\nimages/c1.png 0.0 poly\r\n", "utf-8-sig")
+    samples, report = read_elpv(root, ELPV)
+    assert [s.path.name for s in samples] == ["c0.png", "c1.png"] and not report.bad_annotation
+    mono, _ = read_elpv(root, ELPV, cell_type="mono")
+    assert [s.path.name for s in mono] == ["c0.png"]
+    with pytest.raises(DatasetError, match=r"no 'poly' cell.*'mono': 2"):
+        read_elpv(_elpv(tmp_path / "m", "images/c0.png 1.0 mono\nimages/c1.png 0 mono\n"),
+                  ELPV, cell_type="poly")  # fmt: skip
+
+
+def test_elpv_probabilities_outside_0_to_1_are_bad_rows_not_labels(tmp_path: Path) -> None:
+    text = "images/c0.png 33 mono\nimages/c1.png nan mono\nimages/c2.png 0.5 mono\n"
+    samples, report = read_elpv(_elpv(tmp_path, text), ELPV)
+    assert [s.path.name for s in samples] == ["c2.png"]
+    assert report.bad_annotation == ["images/c0.png 33 mono", "images/c1.png nan mono"]
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "says"),
+    [
+        ("images/c0.png,1.0,mono\nimages/c1.png,0.0,mono\n", "utf-8", "separated by spaces"),
+        ("images/c\xe9.png 1.0 mono\n", "latin-1", "not UTF-8"),
+    ],
+    ids=["commas", "latin-1"],
+)
+def test_an_elpv_file_that_cannot_be_read_says_why(
+    tmp_path: Path, text: str, encoding: str, says: str
+) -> None:
+    with pytest.raises(DatasetError, match=says):
+        read_elpv(_elpv(tmp_path, text, encoding), ELPV)

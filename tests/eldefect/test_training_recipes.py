@@ -24,7 +24,7 @@ from eldefect.config import (
     load_train_config,
 )
 from eldefect.data.cache import CachedDataset, ImageCache
-from eldefect.data.readers import read_elpv
+from eldefect.data.readers import DatasetError, read_elpv
 from eldefect.evaluate import evaluate_model
 from eldefect.labels import load_label_set
 from eldefect.precision import autocast, bf16_is_fast, cpu_bf16_is_fast, resolve_precision
@@ -32,6 +32,7 @@ from eldefect.preprocess import InputSpec
 from eldefect.train import (
     WarmupCosine,
     balanced_sample_weights,
+    check_positives,
     defect_paste,
     epochs_within_budget,
     load_samples,
@@ -249,3 +250,20 @@ def test_a_soft_target_run_is_scored_on_the_0_1_target_and_by_level(
     ]
     assert 0.0 <= result.accuracy <= 1.0 and "level_accuracy" in result.metrics()
     assert "by labelled confidence" in result.report()
+
+
+def test_a_split_with_nothing_to_learn_or_to_select_on_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    labels = load_label_set("pv_multi_defect")
+    targets = np.zeros((10, len(labels)), np.float32)
+    train_idx, val_idx = np.arange(8), np.arange(8, 10)
+    with pytest.raises(DatasetError, match="no training image shows any class"):
+        check_positives(targets, train_idx, val_idx, labels)
+    targets[:8, 0] = 1.0
+    with pytest.raises(DatasetError, match="no epoch can be selected"):
+        check_positives(targets, train_idx, val_idx, labels)
+    targets[9, 0] = 1.0
+    with caplog.at_level("WARNING", logger="eldefect.train"):
+        check_positives(targets, train_idx, val_idx, labels)
+    assert "no training image shows scratch, black_border" in caplog.text
