@@ -9,8 +9,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from eldefect.data.readers import DatasetError, read_elpv, read_voc
-from eldefect.imaging import decode_gray
+from eldefect.data.readers import DatasetError, Sample, read_elpv, read_voc
+from eldefect.imaging import ImageDecodeError, decode_gray
 from eldefect.labels import LabelSet
 from eldefect.metrics import (
     ClassMetrics,
@@ -90,19 +90,46 @@ class Evaluation:
         )
 
 
-def predict_folder(
-    predictor: Predictor, paths: list[Path], *, max_pixels: int, batch: int = 32
-) -> np.ndarray:
-    probs = [
-        predictor.predict(
-            [
-                decode_gray(p.read_bytes(), max_pixels=max_pixels, min_side=predictor.input_size)
-                for p in paths[i : i + batch]
-            ]
+def read_scored_folder(
+    folder: Path, labels: LabelSet, *, data_format: str, cell_type: str | None = None
+) -> list[Sample]:
+    """A labelled folder read against a model's labels. Names the model does not know read
+    as no defect, so they are named in a warning: scores against another label spelling
+    would otherwise look like a model that misses everything."""
+    if data_format == "elpv":
+        samples, report = read_elpv(folder, labels, cell_type=cell_type)
+    else:
+        samples, report = read_voc(folder, labels, ignore_unknown_labels=True)
+    if report.unknown_labels:
+        log.warning(
+            "%s: label names the model does not know, scored as no defect: %s",
+            folder,
+            dict(report.unknown_labels),
         )
-        for i in range(0, len(paths), batch)
-    ]
-    return np.concatenate(probs) if probs else np.zeros((0, len(predictor.labels)))
+    return samples
+
+
+def predict_samples(
+    predictor: Predictor, samples: list[Sample], *, max_pixels: int, batch: int = 32
+) -> tuple[np.ndarray, list[Sample]]:
+    """The probabilities of the samples whose image decodes, and those samples. An image that
+    does not is named in a warning and left out of the scores, as training leaves it out."""
+    probs, kept = [], []
+    for start in range(0, len(samples), batch):
+        images = []
+        for sample in samples[start : start + batch]:
+            try:
+                data = sample.path.read_bytes()
+                images.append(
+                    decode_gray(data, max_pixels=max_pixels, min_side=predictor.input_size)
+                )
+            except (ImageDecodeError, OSError) as exc:
+                log.warning("%s: %s; left out of the scores", sample.path, exc)
+                continue
+            kept.append(sample)
+        if images:
+            probs.append(predictor.predict(images))
+    return (np.concatenate(probs) if probs else np.zeros((0, len(predictor.labels)))), kept
 
 
 def evaluate_model(
@@ -120,15 +147,10 @@ def evaluate_model(
     configure_mlflow(settings)
     predictor = load_predictor(model_uri, backend=backend or settings.inference_backend)
     labels = LabelSet("model", tuple(predictor.labels))
-    if data_format == "elpv":
-        samples, _ = read_elpv(data, labels)
-    else:
-        samples, _ = read_voc(data, labels, ignore_unknown_labels=True)
+    samples = read_scored_folder(data, labels, data_format=data_format)
+    probs, samples = predict_samples(predictor, samples, max_pixels=settings.max_image_pixels)
     if not samples:
         raise DatasetError(f"{data} holds no labelled images to evaluate on")
-    probs = predict_folder(
-        predictor, [s.path for s in samples], max_pixels=settings.max_image_pixels
-    )
     targets = np.stack([s.target for s in samples])
     names, thresholds = predictor.labels, predictor.thresholds
     cuts = [thresholds[name] for name in names]

@@ -80,16 +80,12 @@ def score_folder(
     max_pixels: int,
 ) -> SetScores:
     """Run a loaded model over a labelled folder and score it at its own thresholds."""
-    from eldefect.data.readers import read_elpv, read_voc
-    from eldefect.evaluate import predict_folder
+    from eldefect.evaluate import predict_samples, read_scored_folder
     from eldefect.labels import LabelSet
 
     labels = LabelSet("model", tuple(predictor.labels))
-    if data_format == "elpv":
-        samples, _ = read_elpv(folder, labels, cell_type=cell_type)
-    else:
-        samples, _ = read_voc(folder, labels, ignore_unknown_labels=True)
-    probs = predict_folder(predictor, [s.path for s in samples], max_pixels=max_pixels)
+    samples = read_scored_folder(folder, labels, data_format=data_format, cell_type=cell_type)
+    probs, samples = predict_samples(predictor, samples, max_pixels=max_pixels)
     targets = np.stack([s.target for s in samples]) if samples else np.zeros_like(probs)
     return score(probs, targets, predictor.labels, predictor.thresholds)
 

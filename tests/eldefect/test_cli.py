@@ -227,3 +227,19 @@ def test_evaluate_on_a_folder_without_labelled_images_is_one_line(
     (tmp_path / "JPEGImages").mkdir()
     (tmp_path / "Annotations").mkdir()
     assert_one_line_error(["evaluate", "--data", str(tmp_path)], "holds no labelled images")
+
+
+def test_evaluate_leaves_out_an_unreadable_image_and_names_it(
+    production_model: ModelStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    folder = tmp_path / "voc"
+    shutil.copytree(production_model.images, folder)
+    images = sorted((folder / "JPEGImages").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:60])  # cut inside the pixel data
+    with caplog.at_level("WARNING", logger="eldefect.evaluate"):
+        result = CliRunner().invoke(cli, ["evaluate", "--data", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f"{images[0]}: " in caplog.text and "left out of the scores" in caplog.text
+    assert f"{len(images) - 1} images" in result.output
