@@ -51,7 +51,18 @@ def load_label_set(name_or_path: str | Path = DEFAULT_LABEL_SET) -> LabelSet:
             f"no label set {str(name_or_path)!r}: give a YAML path or one of "
             f"{available_label_sets()}"
         )
-    doc = yaml.safe_load(path.read_text())
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise LabelSetError(f"{path}: not a readable YAML file ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), list):
         raise LabelSetError(f"{path}: expected a mapping with a 'labels' list")
-    return LabelSet(name=str(doc.get("name", path.stem)), labels=tuple(map(str, doc["labels"])))
+    # A label is matched against annotation names, which are read stripped: " crack" or a
+    # number or a mapping (a YAML slip) could never match one.
+    odd = [label for label in doc["labels"] if not isinstance(label, str) or not label.strip()
+           or label != label.strip()]  # fmt: skip
+    if odd:
+        raise LabelSetError(
+            f"{path}: every label must be a name without surrounding spaces; got {odd}"
+        )
+    return LabelSet(name=str(doc.get("name", path.stem)), labels=tuple(doc["labels"]))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,22 @@ def test_bad_label_sets_are_refused(tmp_path: Path) -> None:
         load_label_set(path)
     with pytest.raises(LabelSetError, match="no label set"):
         load_label_set("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("labels: [crack, finger", "not a readable YAML file"),
+        ("labels: [crack, 12]", "without surrounding spaces; got [12]"),
+        ("labels: ['crack ', finger]", "got ['crack ']"),
+        ("labels:\n  - crack\n  -\n", "got [None]"),
+    ],
+    ids=["unclosed", "number", "spaces", "empty_item"],
+)
+def test_a_label_set_file_with_a_slip_is_a_label_set_error(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(LabelSetError, match=re.escape(says)):
+        load_label_set(path)
