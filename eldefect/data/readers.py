@@ -54,6 +54,10 @@ class LoadReport:
     bad_annotation: list[str] = field(default_factory=list)
     unknown_labels: Counter[str] = field(default_factory=Counter)
     unreadable_images: list[str] = field(default_factory=list)
+    # Entries of the image folder that are not read (other suffixes, subfolders), and
+    # annotations with no image of their name: both say a folder is not laid out as assumed.
+    not_read: list[str] = field(default_factory=list)
+    annotation_without_image: list[str] = field(default_factory=list)
 
     def merge(self, other: LoadReport) -> None:
         """Add another folder's findings to this report."""
@@ -63,6 +67,8 @@ class LoadReport:
         self.bad_annotation += other.bad_annotation
         self.unknown_labels.update(other.unknown_labels)
         self.unreadable_images += other.unreadable_images
+        self.not_read += other.not_read
+        self.annotation_without_image += other.annotation_without_image
 
     def summary(self) -> str:
         parts = [f"{self.images} images"]
@@ -71,6 +77,11 @@ class LoadReport:
             ("with an annotation but no objects (kept as defect-free)", self.empty_annotation),
             ("with an unparsable annotation (skipped)", self.bad_annotation),
             ("unreadable (skipped)", self.unreadable_images),
+            (
+                f"entries of the image folder not read (images: {sorted(IMAGE_SUFFIXES)})",
+                self.not_read,
+            ),
+            ("annotations without an image", self.annotation_without_image),
         ):
             if items:
                 shown = ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
@@ -98,7 +109,15 @@ def read_voc(
         raise DatasetError(f"{root} is not a Pascal VOC folder: {image_dir} is missing")
     report = LoadReport()
     samples: list[Sample] = []
-    for path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    entries = sorted(image_dir.iterdir())
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    report.not_read = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in images]
+    stems = {p.stem for p in images}
+    if ann_dir.is_dir():
+        report.annotation_without_image = sorted(
+            x.name for x in ann_dir.glob("*.xml") if x.stem not in stems
+        )
+    for path in images:
         report.images += 1
         target = np.zeros(len(labels), np.float32)
         boxes: tuple[Box, ...] = ()

@@ -180,3 +180,18 @@ def test_an_elpv_file_that_cannot_be_read_says_why(
 ) -> None:
     with pytest.raises(DatasetError, match=says):
         read_elpv(_elpv(tmp_path, text, encoding), ELPV)
+
+
+def test_voc_names_what_it_does_not_read(tmp_path: Path) -> None:
+    root = _voc(tmp_path, {"a": ["crack"]})
+    (root / "JPEGImages" / "b.webp").write_bytes(b"RIFF")
+    (root / "JPEGImages" / "line2").mkdir()
+    (root / "Annotations" / "z.xml").write_text("<annotation/>")
+
+    samples, report = read_voc(root, LABELS)
+
+    assert [s.path.name for s in samples] == ["a.png"]
+    assert report.not_read == ["b.webp", "line2/"]
+    assert report.annotation_without_image == ["z.xml"]
+    assert "2 entries of the image folder not read" in report.summary()
+    assert "1 annotations without an image: z.xml" in report.summary()
