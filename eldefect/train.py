@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,14 +83,7 @@ def load_samples(
     root = data_root or data.root
     if data.format == "synthetic":
         root = root or workdir / "synthetic"
-        if not (root / "JPEGImages").is_dir():
-            write_synthetic_dataset(
-                root,
-                n=data.synthetic_n,
-                seed=data.split_seed,
-                size=data.synthetic_size,
-                classes=data.synthetic_classes,
-            )
+        synthetic_dataset(root, data)
     if root is None:
         raise ConfigError("no dataset folder: give --data DIR or data.root in the config")
     samples, report = read_folder(data, data.format, root, labels, cell_type=data.cell_type)
@@ -106,6 +100,28 @@ def load_samples(
             "(only ELPV's labels do): training on the 0/1 targets"
         )
     return samples, report
+
+
+def synthetic_dataset(root: Path, data: DataConfig) -> None:
+    """Draw the config's synthetic dataset into `root`, unless it is there already. A folder
+    drawn with other parameters (its `synthetic.json` says) is drawn again: reusing it would
+    ignore the config without a word."""
+    params = {
+        "n": data.synthetic_n,
+        "seed": data.split_seed,
+        "size": data.synthetic_size,
+        "classes": data.synthetic_classes,
+    }
+    stamp = root / "synthetic.json"
+    if (root / "JPEGImages").is_dir():
+        if not stamp.is_file() or json.loads(stamp.read_text()) == params:
+            return  # the one asked for, or a folder of someone else's to use as it is
+        log.info("drawing %s again: the config's synthetic parameters changed", root)
+        for sub in ("JPEGImages", "Annotations"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    write_synthetic_dataset(root, n=data.synthetic_n, seed=data.split_seed,
+                            size=data.synthetic_size, classes=data.synthetic_classes)  # fmt: skip
+    stamp.write_text(json.dumps(params))
 
 
 def read_folder(

@@ -267,3 +267,14 @@ def test_a_split_with_nothing_to_learn_or_to_select_on_is_refused(
     with caplog.at_level("WARNING", logger="eldefect.train"):
         check_positives(targets, train_idx, val_idx, labels)
     assert "no training image shows scratch, black_border" in caplog.text
+
+
+def test_a_synthetic_dataset_is_drawn_again_when_the_config_changes(tmp_path: Path) -> None:
+    config = load_train_config(CONFIG)
+    config.data.synthetic_n, config.data.synthetic_size = 6, 32
+    labels = load_label_set(config.data.labels)
+    first, _ = load_samples(config, labels, None, tmp_path)
+    again, _ = load_samples(config, labels, None, tmp_path)
+    config.data.synthetic_n = 9
+    changed, _ = load_samples(config, labels, None, tmp_path)
+    assert (len(first), len(again), len(changed)) == (6, 6, 9)
