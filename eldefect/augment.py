@@ -68,6 +68,8 @@ class DefectPaste:
     Images of one VOC dataset share their geometry (cell strips framed alike), so a crack
     moved to the same spot of another strip lands where cracks occur; what the paste covers
     keeps its labels, the small label noise this trade accepts for more positive contexts.
+    A box over half the image is no donor: it would move the whole image, its other defects
+    unlabelled (reviewed jobs exported as training data mark the whole image).
     """
 
     def __init__(
@@ -79,8 +81,16 @@ class DefectPaste:
     ) -> None:
         self.images = images  # (N, 1, S, S), the cache's
         self.probabilities = dict(probabilities)
+        most = images.shape[-1] * images.shape[-2] / 2
+
+        def pastable(region: Region, cls: int) -> bool:
+            _cls, y0, y1, x0, x1 = region
+            return _cls == cls and (y1 - y0) * (x1 - x0) <= most
+
         self.sources = {
-            cls: [(j, boxes) for j in donors if (boxes := [r for r in regions[j] if r[0] == cls])]
+            cls: [
+                (j, boxes) for j in donors if (boxes := [r for r in regions[j] if pastable(r, cls)])
+            ]
             for cls in self.probabilities
         }
 

@@ -83,3 +83,12 @@ def test_defect_paste_without_donors_changes_nothing() -> None:
     target = torch.tensor([0.0])
     x, same = paste(images[0].clone(), target)
     assert torch.equal(x, images[0]) and same is target
+
+
+def test_a_box_over_half_the_image_is_no_donor() -> None:
+    """Reviewed jobs, exported as training data, mark the whole image: pasting that would
+    move a whole image with its other defects unlabelled."""
+    images = torch.rand(3, 1, 8, 8)
+    regions = [(), ((0, 0, 8, 0, 8),), ((0, 0, 4, 0, 8),)]  # the whole image; exactly half
+    paste = DefectPaste(images, regions, donors=[1, 2], probabilities={0: 1.0})
+    assert [j for j, _ in paste.sources[0]] == [2]
