@@ -70,6 +70,15 @@ class LoadReport:
         self.not_read += other.not_read
         self.annotation_without_image += other.annotation_without_image
 
+    def log(self, root: Path) -> None:
+        """One line for the folder: a warning where something was skipped or not read, so a
+        run at --log-level WARNING still says what it left out."""
+        skipped = (
+            self.missing_annotation or self.bad_annotation or self.unknown_labels
+            or self.unreadable_images or self.not_read or self.annotation_without_image
+        )  # fmt: skip
+        log.log(logging.WARNING if skipped else logging.INFO, "read %s: %s", root, self.summary())
+
     def summary(self) -> str:
         parts = [f"{self.images} images"]
         for name, items in (
@@ -150,7 +159,7 @@ def read_voc(
             f"{dict(report.unknown_labels)}; fix the label set or set "
             "data.ignore_unknown_labels: true"
         )
-    log.info("read %s: %s", root, report.summary())
+    report.log(root)
     return samples, report
 
 
@@ -226,5 +235,5 @@ def read_elpv(
         raise DatasetError(
             f"{csv_path}: no {cell_type!r} cell; the cell types there: {dict(types)}"
         )
-    log.info("read %s: %s", root, report.summary())
+    report.log(root)
     return samples, report

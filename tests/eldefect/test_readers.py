@@ -182,13 +182,16 @@ def test_an_elpv_file_that_cannot_be_read_says_why(
         read_elpv(_elpv(tmp_path, text, encoding), ELPV)
 
 
-def test_voc_names_what_it_does_not_read(tmp_path: Path) -> None:
+def test_voc_names_what_it_does_not_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _voc(tmp_path, {"a": ["crack"]})
     (root / "JPEGImages" / "b.webp").write_bytes(b"RIFF")
     (root / "JPEGImages" / "line2").mkdir()
     (root / "Annotations" / "z.xml").write_text("<annotation/>")
 
-    samples, report = read_voc(root, LABELS)
+    with caplog.at_level("WARNING", logger="eldefect.data.readers"):
+        samples, report = read_voc(root, LABELS)
+
+    assert "z.xml" in caplog.text  # seen at --log-level WARNING too
 
     assert [s.path.name for s in samples] == ["a.png"]
     assert report.not_read == ["b.webp", "line2/"]
