@@ -393,7 +393,8 @@ def bench(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Default: var/demo.",
+    help="Run in a folder of its own: WORKDIR/var holds its database, registry and images "
+    "(WORKDIR/var/demo the dataset). Default: the configured var/, the dataset in var/demo.",
 )
 def demo(n_images: int, workdir: Path | None) -> None:
     """Synthesise, train, promote, serve and query: the whole job end to end."""
