@@ -120,7 +120,8 @@ def read_voc(
     samples: list[Sample] = []
     entries = sorted(image_dir.iterdir())
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    report.not_read = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in images]
+    read = set(images)  # a set: a folder holds thousands
+    report.not_read = [p.name + ("/" if p.is_dir() else "") for p in entries if p not in read]
     stems = {p.stem for p in images}
     if ann_dir.is_dir():
         report.annotation_without_image = sorted(
@@ -226,7 +227,7 @@ def read_elpv(
             continue
         confidence = np.array([probability], np.float32)
         samples.append(Sample(path, (confidence >= 0.5).astype(np.float32), confidence))
-    if not samples and report.bad_annotation:
+    if not types and report.bad_annotation:  # not one row parsed
         raise DatasetError(
             f"{csv_path}: no line reads as '<image path> <defect probability 0..1> "
             f"[mono|poly]', separated by spaces; the first: {report.bad_annotation[0]!r}"
