@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ def synthetic_dataset(root: Path, data: DataConfig) -> None:
     """Draw the config's synthetic dataset into `root`, unless it is there already. A folder
     drawn with other parameters (its `synthetic.json` says) is drawn again: reusing it would
     ignore the config without a word."""
-    params = {
+    params: dict[str, Any] = {  # write_synthetic_dataset's own arguments
         "n": data.synthetic_n,
         "seed": data.split_seed,
         "size": data.synthetic_size,
@@ -119,8 +119,7 @@ def synthetic_dataset(root: Path, data: DataConfig) -> None:
         log.info("drawing %s again: the config's synthetic parameters changed", root)
         for sub in ("JPEGImages", "Annotations"):
             shutil.rmtree(root / sub, ignore_errors=True)
-    write_synthetic_dataset(root, n=data.synthetic_n, seed=data.split_seed,
-                            size=data.synthetic_size, classes=data.synthetic_classes)  # fmt: skip
+    write_synthetic_dataset(root, **params)
     stamp.write_text(json.dumps(params))
 
 
