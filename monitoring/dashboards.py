@@ -258,8 +258,13 @@ MODEL = [
     ),
     Panel(
         "Model in service",
-        "1 when a worker has a model in service, 0 while it waits for one.",
-        [Query("min by (instance) (eldefect_worker_model_loaded)", "{{instance}}")],
+        "1 when an inference worker has a model in service, 0 while it waits for one.",
+        [
+            Query(
+                'min by (instance) (eldefect_worker_model_loaded{job="eldefect-worker"})',
+                "{{instance}}",
+            )
+        ],
     ),
     Panel(
         "Predicted positive rate per class",

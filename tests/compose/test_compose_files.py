@@ -279,13 +279,17 @@ def test_prometheus_finds_every_worker_and_beats_exporter_and_loads_the_rules(
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     workers = {name for name, service in services.items() if name.startswith("worker-")}
     assert workers == {"worker-cpu", "worker-gpu", "worker-training"}
-    # DNS discovery: every container of every worker service, on its metrics port.
-    (discovery,) = jobs["eldefect-worker"]["dns_sd_configs"]
-    assert set(discovery["names"]) == workers
-    for name in workers:
-        env = environment_of(services[name])
-        assert env["ELDEFECT_WORKER_METRICS_PORT"] == str(discovery["port"]), name
-        assert env["ELDEFECT_METRICS_HOST"] == "0.0.0.0", name
+    # DNS discovery: every container of every worker service, on its metrics port; the
+    # training worker (no model in service, no inference queue) in a job of its own.
+    (inference,) = jobs["eldefect-worker"]["dns_sd_configs"]
+    (training,) = jobs["eldefect-training-worker"]["dns_sd_configs"]
+    assert set(inference["names"]) == {"worker-cpu", "worker-gpu"}
+    assert training["names"] == ["worker-training"]
+    for discovery in (inference, training):
+        for name in discovery["names"]:
+            env = environment_of(services[name])
+            assert env["ELDEFECT_WORKER_METRICS_PORT"] == str(discovery["port"]), name
+            assert env["ELDEFECT_METRICS_HOST"] == "0.0.0.0", name
     beat = environment_of(services["beat"])
     (exporter,) = jobs["eldefect-exporter"]["static_configs"]
     assert exporter["targets"] == [f"beat:{beat['ELDEFECT_EXPORTER_PORT']}"]
