@@ -9,6 +9,7 @@ decoder becomes an `ImageDecodeError` with a stable code, never another exceptio
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +33,22 @@ Image.MAX_IMAGE_PIXELS = None
 # high byte of each big-endian sample). Running the same PNG decoder again with the
 # little-endian unpacker picks the other byte, so high << 8 | low is the full sample.
 PNG_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+# The pixel modes eldefect.imaging reads as numbers; it converts every other mode to RGB first.
+UINT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+READ_AS_IS = frozenset({*UINT16_MODES, "I", "F", "L", "RGB"})
+# A progressive JPEG is decoded scan by scan, each a pass over the whole image, so its cost grows
+# with its scan count, which nothing in the format bounds: a tiny scan repeated 3000 times makes
+# a 58 KB file that takes seconds (a 20 MB one, an hour). Encoders write about 10 (libjpeg's
+# progressive script: 6 for gray, 10 for colour); 100 leaves room for any real one.
+MAX_JPEG_SCANS = 100
+_JPEG_SOS = b"\xff\xda"
+# A tile is decoded into a buffer of its own size, whatever the image's: a 16x16 TIFF declaring
+# 8192x8192 tiles compresses to ~65 KB and makes every decode allocate 64 MiB. A tile may hold
+# as many pixels as the image itself, or a 1024x1024 tile's worth for a small image (tools write
+# 256 or 512 square tiles), and never more than the pixel limit. Strips need no such rule:
+# libtiff clamps RowsPerStrip to the image's height.
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
+_SMALL_IMAGE_TILE_PIXELS = 1024 * 1024
 
 
 class ImageDecodeError(ValueError):
@@ -66,6 +83,24 @@ def _unsupported() -> ImageDecodeError:
     )
 
 
+def _unidentified(data: bytes) -> ImageDecodeError:
+    """Pillow could not open the bytes: another format, or one of ours with a broken header.
+
+    Pillow answers "cannot identify" both for a GIF and for a PNG whose header it rejects (a
+    width of 0, a bad checksum); the file's first bytes tell which, by each format's own test.
+    """
+    prefix = data[:16]  # as much as Pillow's tests read
+    for fmt in SUPPORTED_FORMATS:
+        accept = Image.OPEN[fmt][1]
+        if accept is not None and accept(prefix):
+            return ImageDecodeError(
+                "corrupt_image",
+                f"the file starts as a {fmt} image but its header cannot be read "
+                "(a width or height of 0, or a damaged header)",
+            )
+    return _unsupported()
+
+
 def corrupt(exc: BaseException) -> ImageDecodeError:
     reason = str(exc).strip() or type(exc).__name__
     return ImageDecodeError("corrupt_image", f"the image data cannot be decoded: {reason}")
@@ -79,7 +114,7 @@ def open_image(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
         frames = int(getattr(img, "n_frames", 1))
     except UnidentifiedImageError:
-        raise _unsupported() from None
+        raise _unidentified(data) from None
     except Exception as exc:  # a header cut short or garbled (OSError, SyntaxError, ...)
         raise corrupt(exc) from None
     # An MPO (a camera JPEG with a multi-picture segment): its first frame is the photograph.
@@ -95,7 +130,66 @@ def open_image(data: bytes, max_pixels: int) -> ImageFile.ImageFile:
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
+    if not readable_mode(img.mode):
+        raise ImageDecodeError(
+            "unsupported_media_type",
+            f"the image's pixel mode {img.mode!r} cannot be converted to grayscale; "
+            "send a grayscale or RGB image",
+        )
+    if img.format == "TIFF":
+        _check_tiles(img, max_pixels)
+    elif img.format in ("JPEG", "MPO"):
+        _check_scans(data)
     return img
+
+
+@functools.cache
+def readable_mode(mode: str) -> bool:
+    """Whether eldefect.imaging can make gray pixels of this mode.
+
+    It reads some as they are and converts the rest to RGB, which Pillow cannot do for every
+    mode it opens: a TIFF with premultiplied alpha opens as "La", which has no conversion.
+    The test depends on the mode alone, so it runs once, on a 1x1 image, before any decoding.
+    """
+    if mode in READ_AS_IS:
+        return True
+    try:
+        Image.new(mode, (1, 1)).convert("RGB")
+    except (ValueError, TypeError):  # no such conversion, or no such mode to make one of
+        return False
+    return True
+
+
+def _check_tiles(img: ImageFile.ImageFile, max_pixels: int) -> None:
+    """Refuse tiles far larger than the image they make up (see _SMALL_IMAGE_TILE_PIXELS)."""
+    tags = getattr(img, "tag_v2", {})
+    tile_width, tile_length = tags.get(_TIFF_TILE_WIDTH), tags.get(_TIFF_TILE_LENGTH)
+    if not isinstance(tile_width, int) or not isinstance(tile_length, int):
+        return  # a striped TIFF (or a tag Pillow would not read either)
+    width, height = img.size
+    limit = min(max_pixels, max(width * height, _SMALL_IMAGE_TILE_PIXELS))
+    if tile_width * tile_length > limit:
+        raise ImageDecodeError(
+            "too_many_pixels",
+            f"the {width}x{height} TIFF is stored in tiles of {tile_width}x{tile_length} = "
+            f"{tile_width * tile_length} pixels each; the limit for a tile is {limit}",
+        )
+
+
+def _check_scans(data: bytes) -> None:
+    """Refuse a JPEG of more than MAX_JPEG_SCANS scans before decoding any.
+
+    Every scan starts with an SOS marker (FF DA). Entropy-coded data cannot hold one (an FF
+    there is followed by 00 or a restart marker), so counting them counts every scan, plus any
+    that metadata or an embedded thumbnail happen to hold: an upper bound, never an undercount.
+    """
+    scans = data.count(_JPEG_SOS)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(
+            "invalid_image",
+            f"the JPEG holds {scans} scans; the limit is {MAX_JPEG_SCANS} "
+            "(a progressive JPEG has about 10)",
+        )
 
 
 def reduce_jpeg(img: ImageFile.ImageFile, min_side: int) -> None:

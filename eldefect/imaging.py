@@ -16,7 +16,9 @@ from PIL import Image
 
 from eldefect.image_check import (
     PNG_LOW_BYTES,
+    READ_AS_IS,
     SUPPORTED_FORMATS,
+    UINT16_MODES,
     ImageDecodeError,
     ImageInfo,
     check_finite,
@@ -40,8 +42,12 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _to_unit_gray(img: Image.Image) -> np.ndarray:
+    if img.mode not in READ_AS_IS:
+        # Palette, RGBA, CMYK, 1-bit, LA...: the check refused the modes with no conversion
+        # (image_check.readable_mode), so the gateway never accepts what fails here.
+        img = img.convert("RGB")
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    if mode in UINT16_MODES:
         return np.asarray(img, dtype=np.float32) / 65535.0
     if mode == "I":
         # Pillow opens some 16-bit files as 32-bit "I"; values tell which depth was stored.
@@ -54,8 +60,6 @@ def _to_unit_gray(img: Image.Image) -> np.ndarray:
         return np.clip(arr / peak if peak > 1.0 else arr, 0.0, 1.0)
     if mode == "L":
         return np.asarray(img, dtype=np.float32) / 255.0
-    if mode != "RGB":
-        img = img.convert("RGB")  # palette, RGBA, CMYK, 1-bit, LA...
     rgb = np.asarray(img, dtype=np.float32) / 255.0
     return rgb @ _LUMA
 
@@ -90,7 +94,7 @@ def decode_gray(data: bytes, *, max_pixels: int, min_side: int | None = None) ->
         img, _format = load_image(data, max_pixels, min_side=min_side)
         try:
             gray = _to_unit_gray(img)
-        except Exception as exc:  # a pixel mode with no conversion to RGB (LAB, HSV, ...)
+        except Exception as exc:  # untrusted bytes: any conversion failure is the image's
             raise corrupt(exc) from None
     check_finite(gray)
     return np.ascontiguousarray(gray, dtype=np.float32)

@@ -1,13 +1,25 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from eldefect.imaging import ImageDecodeError, decode_gray, verify_image
-from tests.eldefect.images import encode, gradient, png16_rgb, png_header_only
+from eldefect.image_check import MAX_JPEG_SCANS
+from eldefect.imaging import ImageDecodeError, ImageInfo, decode_gray, verify_image
+from tests.eldefect.images import (
+    encode,
+    gradient,
+    jpeg_repeating_a_scan,
+    patch_tiff_tag,
+    png16_rgb,
+    png_header_only,
+    premultiplied_la_tiff,
+    tiled_tiff,
+)
 from tests.fresh_python import fresh_python
 
 LIMIT = 10_000_000
@@ -214,3 +226,104 @@ def test_image_check_registers_only_pillows_common_decoders_and_tiff() -> None:
     out = fresh_python(code)
     common = {"BmpImagePlugin", "GifImagePlugin", "JpegImagePlugin", "PngImagePlugin"}
     assert set(out.split()) == common | {"PpmImagePlugin", "TiffImagePlugin"}
+
+
+def _count_loads(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The formats of the images decoded from now on (a load with pixels still to decode)."""
+    loads: list[str | None] = []
+    real_load = ImageFile.ImageFile.load
+
+    def counted(self: ImageFile.ImageFile) -> object:
+        if self.tile:
+            loads.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    return loads
+
+
+def test_a_jpeg_of_thousands_of_scans_is_refused_before_any_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each scan is a pass over the whole image: ~58 KB of repeated scans took seconds."""
+    bomb = jpeg_repeating_a_scan(2000, 2000, repeats=3000)
+    assert len(bomb) < 60_000
+    loads = _count_loads(monkeypatch)
+    for check in (verify_image, decode_gray):
+        with pytest.raises(
+            ImageDecodeError, match=f"3006 scans; the limit is {MAX_JPEG_SCANS}"
+        ) as err:
+            check(bomb, max_pixels=LIMIT)
+        assert err.value.code == "invalid_image"
+    assert loads == []
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_progressive_jpegs_pass_the_scan_limit(channels: int) -> None:
+    pixels = (gradient(64, 80) * 255).astype(np.uint8)
+    data = encode(np.stack([pixels] * channels, axis=-1).squeeze(), "JPEG", progressive=True)
+    assert 1 < data.count(b"\xff\xda") <= MAX_JPEG_SCANS
+    info = verify_image(data, max_pixels=LIMIT)
+    assert (info.format, info.width, info.height) == ("JPEG", 80, 64)
+    assert decode_gray(data, max_pixels=LIMIT).shape == (64, 80)
+
+
+def test_a_tiff_whose_tiles_dwarf_its_image_is_refused_before_any_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each decode allocates a whole tile: 64 MiB for a ~65 KB 16x16 TIFF of 8192x8192 tiles."""
+    bomb = tiled_tiff(16, 16, 2048, 2048)  # 4 MiB a decode, from 4 KB
+    loads = _count_loads(monkeypatch)
+    for check in (verify_image, decode_gray):
+        with pytest.raises(ImageDecodeError, match="tiles of 2048x2048 = 4194304 pixels") as err:
+            check(bomb, max_pixels=LIMIT)
+        assert err.value.code == "too_many_pixels"
+    assert loads == []
+
+
+def test_tiffs_in_tiles_of_the_usual_sizes_are_accepted_within_the_pixel_limit() -> None:
+    info = verify_image(tiled_tiff(600, 400, 256, 256), max_pixels=LIMIT)
+    assert info == ImageInfo(format="TIFF", width=600, height=400, mode="L")
+    small = tiled_tiff(16, 16, 512, 512)  # one tile, larger than a small image: common enough
+    assert decode_gray(small, max_pixels=LIMIT).shape == (16, 16)
+    with pytest.raises(ImageDecodeError, match="the limit for a tile is 10000") as err:
+        verify_image(small, max_pixels=10_000)
+    assert err.value.code == "too_many_pixels"
+
+
+def test_a_pixel_mode_the_worker_cannot_convert_is_refused_by_the_check() -> None:
+    data = premultiplied_la_tiff()
+    assert Image.open(io.BytesIO(data)).mode == "La"
+    for check in (verify_image, decode_gray):
+        with pytest.raises(ImageDecodeError, match="pixel mode 'La'") as err:
+            check(data, max_pixels=LIMIT)
+        assert err.value.code == "unsupported_media_type"
+
+
+def _zero_width(variant: str) -> bytes:
+    fmt = variant.split()[0]
+    data = bytearray(encode(np.zeros((6, 8), np.uint8), fmt))
+    if fmt == "PNG":
+        data[16:20] = bytes(4)  # IHDR width
+        if variant == "PNG checksum fixed":
+            data[29:33] = struct.pack(">I", zlib.crc32(data[12:29]))
+    elif fmt == "BMP":
+        data[18:22] = bytes(4)  # BITMAPINFOHEADER width
+    elif fmt == "JPEG":
+        sof = data.index(b"\xff\xc0")
+        data[sof + 7 : sof + 9] = bytes(2)  # SOF0 width
+    else:
+        return patch_tiff_tag(bytes(data), 256, 0)  # ImageWidth
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "variant", ["PNG checksum fixed", "PNG checksum stale", "BMP", "JPEG", "TIFF"]
+)
+def test_a_header_of_zero_width_is_a_corrupt_image_not_another_format(variant: str) -> None:
+    # Pillow cannot identify these, as it cannot a GIF; the first bytes say they are ours.
+    for check in (verify_image, decode_gray):
+        with pytest.raises(ImageDecodeError, match="header cannot be read") as err:
+            check(_zero_width(variant), max_pixels=LIMIT)
+        assert err.value.code == "corrupt_image"
+        assert variant.split()[0] in err.value.message

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from db.models import FILENAME_LENGTH, Job
 from db.session import session_scope
+from tests.eldefect.images import premultiplied_la_tiff
 from tests.gateway import factories
 from tests.gateway.asgi import BOUNDARY, multipart
 from tests.gateway.conftest import issue_token, job_count
@@ -275,4 +276,15 @@ def test_text_sent_as_the_file_is_refused_as_not_an_image(
     response = client.post("/v1/jobs", content=body, headers=auth | headers)
 
     assert_error(response, 415, "unsupported_media_type")
+    assert job_count(_db(client)) == 0
+
+
+def test_a_tiff_whose_pixels_the_worker_cannot_convert_is_415_and_makes_no_job(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    # Gray with premultiplied alpha: Pillow opens it ("La") but cannot convert it to gray.
+    response = submit(client, auth, premultiplied_la_tiff(), filename="cell.tif")
+
+    assert_error(response, 415, "unsupported_media_type")
+    assert "pixel mode 'La'" in response.json()["error"]["message"]
     assert job_count(_db(client)) == 0
