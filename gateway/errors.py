@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from db.session import is_database_outage
@@ -110,6 +111,20 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "the server failed to handle this request")
 
 
+# nginx's "client closed request": not a server fault, so not a 5xx on the dashboards.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_disconnected(request: Request, _exc: Exception) -> JSONResponse:
+    # A station's link dropped mid-upload: nothing was accepted and nobody reads this answer.
+    log.info("client disconnected during %s %s; nothing accepted", request.method, request.url.path)
+    return error_response(
+        CLIENT_CLOSED_REQUEST,
+        "client_disconnected",
+        "the client closed the connection before the request was read",
+    )
+
+
 # Seconds a client should wait before retrying while the database is away.
 DATABASE_RETRY_AFTER_S = 2
 
@@ -149,6 +164,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeoutError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _unhandled)
 
 

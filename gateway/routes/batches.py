@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db import jobs as crud
 from db.models import Batch, Job
+from db.session import get_autocommit_sessionmaker
 from eldefect.settings import Settings
 from gateway.deps import (
     CallerDep,
@@ -42,11 +43,13 @@ def _public(batch: Batch, jobs: Sequence[Job]) -> BatchPublic:
     return BatchPublic(id=batch.id, jobs=[JobPublic.from_job(job) for job in jobs])
 
 
-def _first_batch(*, session: Session, station_id: str, key: str) -> tuple[Batch, list[Job]] | None:
-    batch = crud.find_batch_by_idempotency(session=session, station_id=station_id, key=key)
-    if batch is None:
-        return None
-    return batch, crud.get_batch_jobs(session=session, batch_id=batch.id)
+def _first_batch(*, database_url: str, station_id: str, key: str) -> BatchPublic | None:
+    # Its own short session, as `jobs._first_job` explains: none is held while the body streams.
+    with get_autocommit_sessionmaker(database_url)() as session:
+        batch = crud.find_batch_by_idempotency(session=session, station_id=station_id, key=key)
+        if batch is None:
+            return None
+        return _public(batch, crud.get_batch_jobs(session=session, batch_id=batch.id))
 
 
 def _accept_batch(
@@ -131,12 +134,15 @@ async def submit_batch(
     # The token was checked from the headers (CurrentStation); only now is the body read.
     if idempotency_key is not None:
         first = await run_in_threadpool(
-            _first_batch, session=session, station_id=station.id, key=idempotency_key
+            _first_batch,
+            database_url=settings.database_url,
+            station_id=station.id,
+            key=idempotency_key,
         )
         if first is not None:  # a retry: answered without reading its body
             response.status_code = 200
-            response.headers["Location"] = f"/v1/batches/{first[0].id}"
-            return _public(*first)
+            response.headers["Location"] = f"/v1/batches/{first.id}"
+            return first
     limit = settings.max_batch_files
     too_many = ApiError(413, "too_many_files", f"a batch holds at most {limit} files")
     try:

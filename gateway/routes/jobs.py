@@ -46,9 +46,13 @@ def job_not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job {shown!r} for this station")
 
 
-def _first_job(*, session: Session, station_id: str, key: str) -> JobPublic | None:
-    job = crud.find_job_by_idempotency(session=session, station_id=station_id, key=key)
-    return None if job is None else JobPublic.from_job(job)
+def _first_job(*, database_url: str, station_id: str, key: str) -> JobPublic | None:
+    # A session of its own, closed before the body streams in: the request's session would
+    # keep its connection checked out through a slow upload and the wait for a decode slot,
+    # and a few dozen keyed uploads would then empty the pool for everyone.
+    with get_autocommit_sessionmaker(database_url)() as session:
+        job = crud.find_job_by_idempotency(session=session, station_id=station_id, key=key)
+        return None if job is None else JobPublic.from_job(job)
 
 
 def _accept_job(
@@ -114,7 +118,10 @@ async def submit_job(
     # The token was checked from the headers (CurrentStation); only now is the body read.
     if idempotency_key is not None:
         first = await run_in_threadpool(
-            _first_job, session=session, station_id=station.id, key=idempotency_key
+            _first_job,
+            database_url=settings.database_url,
+            station_id=station.id,
+            key=idempotency_key,
         )
         if first is not None:  # a retry: answered without reading its body
             response.status_code = 200

@@ -74,8 +74,12 @@ def call(
     body: Iterable[bytes] = (),
     content_length: int | None = None,
     method: str = "POST",
+    disconnect: bool = False,
 ) -> Answer:
-    """One request; `content_length` declares a length (None: streamed, no header)."""
+    """One request; `content_length` declares a length (None: streamed, no header).
+
+    With `disconnect`, the client goes away once `body` is sent, before the body ends.
+    """
     answer = Answer()
     raw_headers = [(b"host", b"testserver")]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -102,10 +106,13 @@ def call(
     async def receive() -> Message:
         nonlocal pending
         if pending is None:
+            if disconnect:
+                return {"type": "http.disconnect"}
             return {"type": "http.request", "body": b"", "more_body": False}
         chunk, pending = pending, next(chunks, None)
         answer.bytes_read += len(chunk)
-        return {"type": "http.request", "body": chunk, "more_body": pending is not None}
+        more = pending is not None or disconnect
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -4,19 +4,21 @@ before the body is read, and a batch is held in memory one file at a time."""
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from db.session import get_engine
 from eldefect.settings import Settings
 from gateway.app import create_app
 from tests.gateway import factories
-from tests.gateway.asgi import CHUNK, MULTIPART, call, multipart, part_head, zeros
+from tests.gateway.asgi import BOUNDARY, CHUNK, MULTIPART, call, multipart, part_head, zeros
 from tests.gateway.conftest import issue_token, job_count
 
 MiB = 1024 * 1024
@@ -173,6 +175,51 @@ def test_idempotent_retry_is_answered_without_reading_its_body(
     assert again.status == 200
     assert again.json()["id"] == first.json()["id"]
     assert again.bytes_read == 0
+
+
+@pytest.mark.parametrize(("path", "field"), [("/v1/jobs", "file"), ("/v1/batches", "files")])
+def test_a_keyed_upload_holds_no_database_connection_while_its_body_streams(
+    settings: Settings, path: str, field: str
+) -> None:
+    # The key is looked up before the body is read; a connection held from there through a
+    # slow station link would let a few dozen such uploads empty the pool for everyone.
+    app = create_app(settings)
+    auth = {"authorization": f"Bearer {issue_token(settings.database_url, 'line-1')}"}
+    pool = get_engine(settings.database_url).pool
+    checked_out: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        yield part_head(field, "a.png")
+        checked_out.append(pool.checkedout())  # type: ignore[attr-defined]
+        yield factories.png8()
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    headers = auth | {"content-type": MULTIPART, "idempotency-key": "slow-link-1"}
+    answer = call(app, path, headers=headers, body=body())
+
+    assert answer.status == 202, answer.body
+    assert checked_out == [0]
+
+
+@pytest.mark.parametrize(("path", "field"), [("/v1/jobs", "file"), ("/v1/batches", "files")])
+def test_a_client_gone_mid_upload_is_no_server_error(
+    settings: Settings, path: str, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+    auth = {"authorization": f"Bearer {issue_token(settings.database_url, 'line-1')}"}
+    half = factories.png8()[:100]
+    headers = auth | {"content-type": MULTIPART}
+
+    with caplog.at_level(logging.INFO):
+        answer = call(app, path, headers=headers, body=[part_head(field, "a.png"), half],
+                      disconnect=True)  # fmt: skip
+
+    # A dropped station link is logged, not reported as a server failure (500, ERROR).
+    assert answer.status == 499
+    assert answer.json()["error"]["code"] == "client_disconnected"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "client disconnected" in caplog.text
+    assert job_count(settings.database_url) == 0
 
 
 def noise_png16(seed: int, size: int = 720) -> bytes:
