@@ -9,7 +9,8 @@
    the reviews folder as one more source; register the model;
 4. gate it against the production model (eldefect.gate) on the fixed evaluation folder and
    the held-back reviews; `staging` when it passes, `production` too with auto_promote;
-5. store the decision and every number on the trigger and as tags on the version.
+5. store the decision and every number as tags on the version and on the trigger, then move
+   the aliases in the same transaction that closes the trigger (only if it is still ours).
 Any error fails the trigger with the reason; nothing is retried (the next trigger is).
 """
 
@@ -183,7 +184,7 @@ def _retrain(trigger_id: int, settings: Settings) -> RetrainOutcome:
     result = gate_challenger(
         settings, version=version, champion=champion, holdout_dir=holdout_dir, exported=exported
     )
-    decision = apply_decision(settings, version=version, passed=result.passed)
+    decision = decision_for(settings, passed=result.passed)
     record = result.to_dict() | {
         "reviews": {
             "train": exported.train,
@@ -193,14 +194,22 @@ def _retrain(trigger_id: int, settings: Settings) -> RetrainOutcome:
         "auto_promote": settings.auto_promote,
     }
     _tag(settings, version, result.tags() | {"gate.decision": decision}, trigger_id)
+    # The aliases move last, inside the transaction that closes the trigger: a trigger the
+    # beat already failed (lease lost) promotes nothing, and a failed move rolls the record
+    # back to running, so the trigger ends `failed` instead of claiming a promotion.
     with session_scope(settings.database_url) as session:
-        retrains.finish_trigger(
+        if not retrains.finish_trigger(
             session=session,
             trigger_id=trigger_id,
             decision=decision,
             gate=record,
             champion_version=champion,
-        )
+        ):
+            raise RetrainError(
+                f"trigger {trigger_id} is no longer running (its lease ran out): "
+                f"v{version} is registered but no alias was moved"
+            )
+        move_aliases(settings, version=version, decision=decision)
     return RetrainOutcome(trigger_id, version, champion, decision, record)
 
 
@@ -272,18 +281,22 @@ def gate_challenger(
     return result
 
 
-def apply_decision(settings: Settings, *, version: str, passed: bool) -> str:
-    """Move the aliases the decision allows; returns promoted, staged or rejected."""
-    from eldefect.registry import STAGING, move_alias
-
+def decision_for(settings: Settings, *, passed: bool) -> str:
+    """promoted, staged or rejected: what the gate's verdict allows under auto_promote."""
     if not passed:
         return "rejected"
+    return "promoted" if settings.auto_promote else "staged"
+
+
+def move_aliases(settings: Settings, *, version: str, decision: str) -> None:
+    """`staging` for a staged or promoted version, the served alias too when promoted."""
+    from eldefect.registry import STAGING, move_alias
+
     uri = settings.mlflow_tracking_uri
-    move_alias(settings.model_name, STAGING, version, uri)
-    if not settings.auto_promote:
-        return "staged"
-    move_alias(settings.model_name, settings.model_alias, version, uri)
-    return "promoted"
+    if decision in ("staged", "promoted"):
+        move_alias(settings.model_name, STAGING, version, uri)
+    if decision == "promoted":
+        move_alias(settings.model_name, settings.model_alias, version, uri)
 
 
 def _tag(settings: Settings, version: str, tags: dict[str, str], trigger_id: int) -> None:

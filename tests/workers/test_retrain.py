@@ -10,6 +10,7 @@ from db import retrains
 from db.migrate import upgrade
 from db.models import TriggerStatus
 from db.session import session_scope
+from eldefect.gate import GateResult
 from eldefect.labels import load_label_set
 from eldefect.registry import STAGING, _client, resolve_alias
 from eldefect.settings import Settings, get_settings
@@ -127,3 +128,44 @@ def test_a_missing_training_config_fails_the_trigger_with_the_reason(
         trigger = retrains.get_trigger(session=session, trigger_id=trigger_id)
         assert trigger is not None and trigger.status == TriggerStatus.failed
         assert "ELDEFECT_RETRAIN_CONFIG" in (trigger.error or "")
+
+
+@pytest.mark.parametrize("fault", ["lease_lost", "tagging_fails", "alias_move_fails"])
+def test_a_passed_challenger_moves_no_alias_unless_its_trigger_closes_succeeded(
+    loop_settings: Settings,
+    production_model: ModelStore,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+) -> None:
+    import eldefect.registry
+    import workers.retrain
+
+    monkeypatch.setenv("ELDEFECT_AUTO_PROMOTE", "true")
+    get_settings.cache_clear()
+    settings = get_settings()
+    trigger_id = _open(settings)
+
+    def passing_gate(*_args: object, **_kwargs: object) -> GateResult:
+        if fault == "lease_lost":  # what the beat's check does to a trigger past its lease
+            with session_scope(settings.database_url) as session:
+                retrains.fail_trigger(session=session, trigger_id=trigger_id, error="lease expired")
+        return GateResult(passed=True, reasons=[])
+
+    def unreachable_registry(*_args: object) -> None:
+        raise ConnectionError("registry unreachable")
+
+    monkeypatch.setattr(workers.retrain, "gate_challenger", passing_gate)
+    if fault == "tagging_fails":
+        monkeypatch.setattr(eldefect.registry, "tag_version", unreachable_registry)
+    if fault == "alias_move_fails":
+        monkeypatch.setattr(eldefect.registry, "move_alias", unreachable_registry)
+
+    assert run_retrain(trigger_id=trigger_id, settings=settings, worker="test") is None
+
+    assert resolve_alias(production_model.name, "production") == production_model.v1
+    with session_scope(settings.database_url) as session:
+        trigger = retrains.get_trigger(session=session, trigger_id=trigger_id)
+        assert trigger is not None and trigger.status == TriggerStatus.failed
+        assert trigger.decision is None and trigger.open_slot is None
+        expected = "lease expired" if fault == "lease_lost" else "registry unreachable"
+        assert expected in (trigger.error or "")
