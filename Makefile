@@ -8,7 +8,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: install demo test test-fast lint format clean
 
+# Checked before the venv exists: one made by another Python would be reused after a failed install.
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' || \
+		{ echo "eldefect needs Python 3.11 or 3.12; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
+		"Run e.g. make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 

@@ -48,11 +48,15 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._as_user: list[str] = []
+        initdb = _pg_bin("initdb")
         if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                _missing("running as root with no `postgres` OS user to own a private cluster")
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self._as_user = ["runuser", "-u", "postgres", "--"]
-        self._run(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "--no-sync", "-E", "UTF8")  # fmt: skip
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
