@@ -4,6 +4,7 @@
                                |                          |--fail_trigger------> failed
                                |                          |--expire_triggers (lease out)--> failed
                                |--fail_trigger--> failed
+                               |--expire_queued (no training worker took it in time)--> failed
 
 "At most one open trigger" is the database's rule, not a Python flag: an open trigger holds
 `open_slot = 1` and the column is unique, so when two beat ticks (or a tick and an operator)
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import DriftReport, DriftVerdict, RetrainTrigger, TriggerStatus, utcnow
+from db.models import DriftReport, DriftVerdict, RetrainTrigger, TriggerStatus, as_utc, utcnow
 
 REASONS = ("drift", "reviews", "schedule", "manual")
 # How a closed trigger ended: `decision` for a gated model, else failed.
@@ -224,6 +225,46 @@ def expire_triggers(*, session: Session, now: datetime | None = None) -> list[in
     ]
 
 
+def queued_timeout_error(timeout_s: float) -> str:
+    """The reason a trigger no training worker took is failed with."""
+    return (
+        f"queued_timeout: no training worker (queue `training`) picked the trigger up within "
+        f"{timeout_s:g} s (ELDEFECT_RETRAIN_QUEUED_TIMEOUT_S); is one running?"
+    )
+
+
+def expire_queued(
+    *, session: Session, older_than: datetime, error: str, now: datetime
+) -> list[int]:
+    """Fail queued triggers created before `older_than` (no training worker took them, however
+    often the message was re-sent); returns their ids. Without this a trigger opened while no
+    worker listens on `training` would hold the one open slot for good."""
+    ids = list(
+        session.scalars(
+            select(RetrainTrigger.id).where(
+                RetrainTrigger.status == TriggerStatus.queued,
+                RetrainTrigger.created_at < older_than,
+            )
+        )
+    )
+    # Each one conditionally: a worker taking it at this very moment keeps it.
+    return [
+        trigger_id
+        for trigger_id in ids
+        if session.execute(
+            update(RetrainTrigger)
+            .where(RetrainTrigger.id == trigger_id, RetrainTrigger.status == TriggerStatus.queued)
+            .values(
+                status=TriggerStatus.failed,
+                error=error[:4000],
+                open_slot=None,
+                lease_expires_at=None,
+                finished_at=now,
+            )
+        ).rowcount  # type: ignore[attr-defined]
+    ]
+
+
 def stale_queued(*, session: Session, older_than: datetime) -> list[int]:
     """Queued triggers created before `older_than`: their message may be lost (re-send)."""
     return list(
@@ -259,23 +300,57 @@ def recent_verdicts(
     after: datetime | None,
     limit: int,
 ) -> Sequence[tuple[int, DriftVerdict]]:
-    """The latest drift verdicts (id, verdict) of the served model, newest first.
+    """The latest drift verdicts (id, verdict) of the served model that count toward a run of
+    `drift`, newest first, at most `limit`.
 
     Reports that could not judge (`insufficient_data`) are left out: they neither make nor
     break a run of `drift` verdicts. Only reports after `after` count, so the reports that
-    fired one trigger never fire the next.
+    fired one trigger never fire the next. A `drift` report whose window overlaps the window
+    of the newer report counted before it is left out too: it judged (some of) the same
+    images again. With few images coming in, the `latest` window stays the same from check to
+    check, and K reports on it are one judgement, not K. Tumbling windows never overlap, so
+    there every conclusive report counts. Any other verdict is kept, so it breaks the run.
     """
     query = (
-        select(DriftReport.id, DriftReport.verdict)
+        select(
+            DriftReport.id, DriftReport.verdict, DriftReport.window_start, DriftReport.window_end
+        )
         .where(
             DriftReport.model_name == model_name,
             DriftReport.verdict != DriftVerdict.insufficient_data,
         )
         .order_by(DriftReport.id.desc())
-        .limit(limit)
     )
     if model_version is not None:
         query = query.where(DriftReport.model_version == model_version)
     if after is not None:
         query = query.where(DriftReport.created_at > after)
-    return [(int(i), DriftVerdict(v)) for i, v in session.execute(query).all()]
+    counted: list[tuple[int, DriftVerdict]] = []
+    last_window: tuple[datetime | None, datetime | None] = (None, None)  # the last counted one's
+    # Newest first, in pages, until `limit` reports count or a non-drift verdict breaks the
+    # run (the decision reads no further): a long run of reports over one window, or months
+    # of reports since the last trigger, are not read all at once.
+    result = session.execute(query.execution_options(yield_per=256))
+    try:
+        for report_id, stored, start, end in result:
+            verdict = DriftVerdict(stored)
+            if verdict == DriftVerdict.drift and _overlap((start, end), last_window):
+                continue
+            counted.append((int(report_id), verdict))
+            last_window = (start, end)
+            if len(counted) >= limit or verdict != DriftVerdict.drift:
+                break
+    finally:
+        result.close()
+    return counted
+
+
+def _overlap(
+    a: tuple[datetime | None, datetime | None], b: tuple[datetime | None, datetime | None]
+) -> bool:
+    """Whether two windows (first, last result's time) share a moment, so maybe results. A
+    report without a window overlaps nothing (every conclusive report has one)."""
+    (a_start, a_end), (b_start, b_end) = a, b
+    if a_start is None or a_end is None or b_start is None or b_end is None:
+        return False
+    return as_utc(a_start) <= as_utc(b_end) and as_utc(b_start) <= as_utc(a_end)

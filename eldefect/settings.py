@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     retrain_lease_s: float = Field(
         120.0, gt=0, description="A training worker renews its trigger's lease within this."
     )
+    retrain_queued_timeout_s: float = Field(
+        3 * 3600.0,
+        gt=0,
+        description="A trigger no training worker took within this is failed (frees the slot).",
+    )
     retrain_device: Literal["cpu", "cuda"] = Field("cpu", description="Where retraining runs.")
 
     @field_validator("log_level", mode="before")

@@ -11,7 +11,8 @@ Pure numpy, no database and no torch. Two families of measures, one rule:
 
 A measure drifts only when both |z| and |effect| reach their thresholds: z alone grows with
 sqrt(n) and flags trivial shifts in large windows; the effect size alone is noisy in small
-ones. A window of fewer than `min_n` images never alarms (`insufficient_data`).
+ones. A window of fewer than `min_n` images never alarms (`insufficient_data`), nor does one
+in which nothing could be measured.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-# Floors that keep a degenerate reference from dividing by zero. Intensities are on a 0..1
-# scale, so a feature's sigma below 1e-6 means "constant"; a reference rate of exactly 0 or 1
-# (no validation image predicted positive, or all of them) is taken as 1e-3 from the edge in
-# the variance only, which keeps z finite and large for any real departure.
-SIGMA_FLOOR = 1e-6
+# Floors that keep a degenerate reference from dividing by zero, or by next to nothing.
+# sigma_f: one grey level of the 8-bit scale, the statistics' resolution (served images are
+# mostly 8-bit, so a percentile moves in whole grey levels; of a 16-bit image, in steps of
+# 1/4095, eldefect.stats._LEVELS). A reference spread below it means "constant in training"
+# (p10 of cells with dark borders is 0 in every image), not that a thousandth of a grey level
+# is a big shift: floored at 1e-6, one image in 200 at p10 = 1/255 gave z ~ 277 and `drift`;
+# at 1/255 it is d = 0.005, z = 0.07, and a window's mean must move half a grey level to
+# reach the default effect threshold (0.5). Only a sigma below the floor is replaced, so z
+# and d are the formulas above, unchanged, for every statistic whose training spread is at
+# least a grey level.
+SIGMA_FLOOR = 1 / 255
+# A reference rate of exactly 0 or 1 (no validation image predicted positive, or all of
+# them) is taken as 1e-3 from the edge in the variance only, which keeps z finite and large
+# for any real departure.
 RATE_FLOOR = 1e-3
 
 
@@ -152,7 +162,8 @@ def measure_drift(
     `positives` is given), prediction drift; the verdict over both.
 
     `features` is (n, F); `positives` is (n, C) or None. Below `min_n` the measures are still
-    computed (an operator may want to look) but none counts as drifted.
+    computed (an operator may want to look) but none counts as drifted. With nothing to
+    measure (no feature columns and no rates) the verdict is `insufficient_data` too.
     """
     n = features.shape[0]
     if n == 0:
@@ -176,5 +187,7 @@ def measure_drift(
     if n < thresholds.min_n:
         quiet = [replace(m, drifted=False) for m in measures]
         return DriftResult(n, Verdict.insufficient_data, quiet)
+    if not measures:  # no feature and no class to compare: "ok" would claim a check never made
+        return DriftResult(n, Verdict.insufficient_data)
     verdict = Verdict.drift if any(m.drifted for m in measures) else Verdict.ok
     return DriftResult(n, verdict, measures)

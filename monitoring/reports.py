@@ -38,6 +38,11 @@ NO_PREDICTION_PROFILE = (
     "the model card's reference profile has no predicted_positive_rates (the model was "
     "registered before prediction drift existed): prediction drift skipped, input drift only"
 )
+NOTHING_MEASURED = (
+    "nothing could be measured: no input statistic is both in the reference profile and in "
+    "every result, and there are no predicted positive rates to compare with; no verdict "
+    "without a measure"
+)
 
 
 @dataclass(frozen=True)
@@ -288,6 +293,8 @@ def check_drift(
         reference_rates=reference_rates,
         thresholds=thresholds,
     )
+    if window.n and not result.measures:
+        notes.append(NOTHING_MEASURED)
     row = DriftReport(
         created_at=now,
         model_name=model.name,

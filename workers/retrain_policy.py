@@ -2,9 +2,12 @@
 
 One check (every `retrain_check_interval_s`):
 1. fail running triggers whose lease ran out (the training worker crashed or was killed),
-2. re-send queued triggers whose message may be lost,
+   and queued ones no training worker took within `retrain_queued_timeout_s` (none is
+   running: `eldefect up` starts none, or the compose service is down),
+2. re-send queued triggers whose message may be lost (younger than that timeout),
 3. unless a trigger is open or the cooldown runs, decide from the facts (`decide`):
-   `drift` (the latest K conclusive drift reports of the served version all say drift),
+   `drift` (the latest K conclusive drift reports of the served version, over windows that
+   do not overlap, all say drift),
    `reviews` (at least R jobs reviewed after the production model's data), `schedule`
    (T since the last trigger, or since the production model was registered); first match wins,
 4. open the trigger (the database refuses a second open one) and send the training task.
@@ -41,7 +44,9 @@ class Facts:
     """Everything the decision looks at, gathered in one place (tests build these directly)."""
 
     now: datetime
-    drift: list[tuple[int, DriftVerdict]]  # newest first, conclusive reports only
+    # Newest first: conclusive reports, each over a window the newer ones did not judge
+    # (db.retrains.recent_verdicts), so K of them saw K sets of images.
+    drift: list[tuple[int, DriftVerdict]]
     new_reviews: int
     reviews_since: datetime | None  # the production model's data cut-off (None: no reviews)
     last_trigger_at: datetime | None
@@ -73,7 +78,8 @@ def decide(facts: Facts, settings: Settings) -> tuple[str, dict[str, Any]] | Non
 
 @dataclass
 class CheckReport:
-    expired: list[int] = field(default_factory=list)
+    expired: list[int] = field(default_factory=list)  # running, lease ran out
+    timed_out: list[int] = field(default_factory=list)  # queued, never taken
     resent: list[int] = field(default_factory=list)
     opened: int | None = None
     reason: str | None = None
@@ -91,12 +97,21 @@ def check_retrain(
     task; `production()` says which version serves and since when (the registry)."""
     now = now or utcnow()
     report = CheckReport()
+    timeout_error = retrains.queued_timeout_error(settings.retrain_queued_timeout_s)
     with session_scope(settings.database_url) as session:
         report.expired = retrains.expire_triggers(session=session, now=now)
+        report.timed_out = retrains.expire_queued(
+            session=session,
+            older_than=now - timedelta(seconds=settings.retrain_queued_timeout_s),
+            error=timeout_error,
+            now=now,
+        )
         older = now - timedelta(seconds=settings.retrain_lease_s)
         report.resent = retrains.stale_queued(session=session, older_than=older)
     for trigger_id in report.expired:
         log.warning("retrain trigger %d failed: %s", trigger_id, retrains.WORKER_LOST)
+    for trigger_id in report.timed_out:
+        log.warning("retrain trigger %d failed: %s", trigger_id, timeout_error)
     for trigger_id in report.resent:
         send(trigger_id)
 

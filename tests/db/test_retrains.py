@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
 
 from db import retrains
 from db.models import TriggerStatus, utcnow
@@ -69,3 +71,25 @@ def test_a_trigger_whose_lease_ran_out_is_failed_as_worker_lost(db_url: str) -> 
         counts = retrains.outcome_counts(session=session)
     assert counts[("manual", "failed")] == 1
     assert sum(counts.values()) == 1 and len(counts) == 16
+
+
+def test_expire_queued_fails_only_triggers_left_queued_past_the_cut(db_url: str) -> None:
+    queued = _open(db_url)
+    assert queued is not None
+    error = retrains.queued_timeout_error(3600)
+
+    def expire(session: Session, cut: datetime) -> list[int]:
+        return retrains.expire_queued(session=session, older_than=cut, error=error, now=cut)
+
+    with session_scope(db_url) as session:
+        assert expire(session, utcnow() - timedelta(hours=1)) == []  # opened after the cut
+        assert expire(session, utcnow() + timedelta(seconds=1)) == [queued]
+        trigger = retrains.get_trigger(session=session, trigger_id=queued)
+        assert trigger is not None and trigger.status == TriggerStatus.failed
+        assert trigger.error == error and trigger.open_slot is None
+    running = _open(db_url)
+    assert running is not None, "the slot was freed"
+    with session_scope(db_url) as session:
+        assert retrains.start_trigger(session=session, trigger_id=running, worker="w", lease_s=60)
+        # A running trigger is the lease's business, however old.
+        assert expire(session, utcnow() + timedelta(days=1)) == []

@@ -168,3 +168,62 @@ def test_prediction_drift_alone_makes_the_verdict_drift() -> None:
 
 def test_verdicts_are_the_values_the_database_stores() -> None:
     assert {v.value for v in Verdict} == {v.value for v in DriftVerdict}
+
+
+def test_one_grey_level_on_a_constant_feature_is_not_drift_but_a_real_shift_is() -> None:
+    # p10 of cells with dark borders: 0 in every training image (mean 0, std 0).
+    reference = {"p10": {"mean": 0.0, "std": 0.0}}
+    default = Thresholds(min_n=50, z=4.0, effect=0.5, rate_z=4.0, rate_effect=0.3)
+
+    def judge(window: np.ndarray) -> tuple[Verdict, float, float]:
+        result = measure_drift(
+            features=window,
+            feature_names=["p10"],
+            feature_reference=reference,
+            positives=None,
+            classes=[],
+            reference_rates=None,
+            thresholds=default,
+        )
+        [m] = result.measures
+        return result.verdict, m.z, m.effect
+
+    one_image = np.zeros((200, 1))
+    one_image[0] = 1 / 255  # quantisation: one image one grey level up
+    verdict, z, effect = judge(one_image)
+    assert verdict is Verdict.ok, f"z = {z:.0f}, d = {effect:.1f}"
+    # Floored at one grey level: d = 1/200, z = d sqrt(200) (it was z ~ 277 at 1e-6).
+    assert effect == pytest.approx(1 / 200) and z == pytest.approx(math.sqrt(200) / 200)
+
+    shifted, z, effect = judge(np.full((200, 1), 0.1))  # every image: p10 = 0.1
+    assert shifted is Verdict.drift
+    assert effect == pytest.approx(25.5) and z == pytest.approx(25.5 * math.sqrt(200))
+
+
+def test_a_spread_above_the_floor_keeps_the_formula() -> None:
+    # sigma = 2 grey levels, above the floor: d and z are the plain formula with that sigma.
+    sigma = 2 / 255
+    [m] = feature_measures(
+        np.full((100, 1), 0.5 + sigma),
+        ["mean"],
+        {"mean": {"mean": 0.5, "std": sigma}},
+        z_threshold=4,
+        effect_threshold=0.5,
+    )
+    assert m.effect == pytest.approx(1.0) and m.z == pytest.approx(10.0)
+
+
+def test_nothing_measured_is_insufficient_data_not_ok() -> None:
+    # An empty profile (or none of its statistics in the results) and no reference rates:
+    # n >= min_n, yet not one measure.
+    result = measure_drift(
+        features=np.zeros((100, 0)),
+        feature_names=[],
+        feature_reference={},
+        positives=None,
+        classes=["crack"],
+        reference_rates=None,
+        thresholds=LOOSE,
+    )
+    assert result.n == 100 and result.measures == []
+    assert result.verdict is Verdict.insufficient_data

@@ -24,6 +24,7 @@ from monitoring.cli import drift as drift_cli
 from monitoring.drift import Kind, Verdict
 from monitoring.reports import (
     NO_PREDICTION_PROFILE,
+    NOTHING_MEASURED,
     ProductionModel,
     ReportView,
     check_drift,
@@ -195,6 +196,22 @@ def test_a_statistic_the_profile_or_the_results_lack_is_skipped_with_a_note(db_u
     assert mixed.n == 60 and mixed.verdict is Verdict.ok
     assert [m.name for m in mixed.measures if m.kind is Kind.feature] == intensity
     assert any("'texture' is missing for 30 of 60" in note for note in mixed.notes)
+
+
+def test_a_card_with_an_empty_profile_gives_insufficient_data_not_ok(db_url: str) -> None:
+    serve(db_url, version="1", level=0.9, n=60)  # enough results, far from any reference
+    report = check(db_url, "1", profile={})
+    assert report.n == 60 and report.measures == []
+    assert report.verdict is Verdict.insufficient_data
+    assert NOTHING_MEASURED in report.notes and NO_PREDICTION_PROFILE in report.notes
+    # A profile of only a statistic the results lack (older workers), and no rates: nothing.
+    texture_only: dict[str, object] = {"features": {"texture": {"mean": 0.5, "std": 0.1}}}
+    intensity = [f for f in FEATURES if f != "texture"]
+    serve(db_url, version="2", level=0.9, n=60, features=intensity)
+    lacking = check(db_url, "2", profile=texture_only)
+    assert lacking.verdict is Verdict.insufficient_data and NOTHING_MEASURED in lacking.notes
+    # With something to measure the note is not there.
+    assert NOTHING_MEASURED not in check(db_url, "1").notes
 
 
 def test_latest_mode_takes_the_newest_results_within_max_age(db_url: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from db import retrains
-from db.models import DriftReport, DriftVerdict, utcnow
+from db.models import DriftReport, DriftVerdict, TriggerStatus, utcnow
 from db.session import session_scope
 from eldefect.settings import Settings
 from workers.retrain_policy import Facts, ProductionInfo, check_retrain, decide
@@ -71,20 +71,42 @@ def test_drift_comes_before_reviews() -> None:
     assert decision is not None and decision[0] == "drift"
 
 
-def _add_reports(url: str, verdicts: list[DriftVerdict], version: str = "1") -> None:
+Window = tuple[datetime, datetime]
+
+
+def _add_reports(
+    url: str,
+    verdicts: list[DriftVerdict],
+    version: str = "1",
+    windows: list[Window] | None = None,
+) -> list[int]:
+    """Stored reports, oldest first, each over its window (none given: no window)."""
+    no_window: tuple[datetime | None, datetime | None] = (None, None)
+    spans = windows if windows is not None else [no_window] * len(verdicts)
     with session_scope(url) as session:
-        for verdict in verdicts:
-            session.add(
-                DriftReport(
-                    model_name="el_defect_classifier",
-                    model_version=version,
-                    n=100,
-                    verdict=verdict,
-                    thresholds={},
-                    notes=[],
-                    created_at=utcnow(),
-                )
+        rows = [
+            DriftReport(
+                model_name="el_defect_classifier",
+                model_version=version,
+                n=100,
+                verdict=verdict,
+                thresholds={},
+                notes=[],
+                created_at=utcnow(),
+                window_start=start,
+                window_end=end,
             )
+            for verdict, (start, end) in zip(verdicts, spans, strict=True)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [row.id for row in rows]
+
+
+def _windows(first: datetime, count: int, minutes: int = 10) -> list[Window]:
+    """`count` successive windows that do not overlap, from `first` on."""
+    step = timedelta(minutes=minutes)
+    return [(first + i * step, first + (i + 1) * step - timedelta(seconds=1)) for i in range(count)]
 
 
 @pytest.fixture
@@ -177,3 +199,88 @@ def test_the_check_fails_a_dead_training_and_resends_a_lost_message(
         settings=policy_settings, send=sent.append, production=_serving, now=much_later
     )
     assert report.resent == [queued.id] and sent == [queued.id]
+
+
+def test_a_queued_trigger_no_training_worker_takes_is_failed_after_the_timeout(
+    policy_settings: Settings,
+) -> None:
+    url = policy_settings.database_url
+    timeout = policy_settings.retrain_queued_timeout_s
+    with session_scope(url) as session:
+        queued = retrains.open_trigger(session=session, reason="manual", requested_by="t")
+        assert queued is not None
+    opened_at = utcnow()
+    sent: list[int] = []
+    within = check_retrain(
+        settings=policy_settings,
+        send=sent.append,
+        production=_serving,
+        now=opened_at + timedelta(seconds=timeout - 60),
+    )
+    assert within.resent == [queued.id] and within.skipped == "a trigger is open"
+
+    past = check_retrain(
+        settings=policy_settings,
+        send=lambda _trigger_id: None,  # nobody listens on `training`
+        production=_serving,
+        now=opened_at + timedelta(seconds=timeout + 1),
+    )
+    with session_scope(url) as session:
+        trigger = retrains.get_trigger(session=session, trigger_id=queued.id)
+        assert trigger is not None and trigger.status == TriggerStatus.failed
+        assert trigger.open_slot is None
+        assert trigger.error == retrains.queued_timeout_error(timeout)
+        assert trigger.error.startswith("queued_timeout: no training worker")
+        assert f"within {timeout:g} s" in trigger.error
+        again = retrains.open_trigger(session=session, reason="manual", requested_by="t")
+    assert again is not None, "the slot is free again"
+    assert past.timed_out == [queued.id] and past.resent == []
+    assert sent == [queued.id], "re-sent within the timeout, not after"
+
+
+def test_drift_reports_over_one_window_count_once(policy_settings: Settings) -> None:
+    url = policy_settings.database_url
+    start = utcnow() - timedelta(hours=2)
+    same = (start, start + timedelta(minutes=10))
+    repeated = _add_reports(url, [DRIFT, DRIFT, DRIFT], windows=[same] * 3)
+    sent: list[int] = []
+    held = check_retrain(settings=policy_settings, send=sent.append, production=_serving)
+    assert held.opened is None and sent == []
+
+    # Two later, separate windows: with the one above, three sets of images said drift.
+    later = _windows(start + timedelta(minutes=20), 2)
+    newer = _add_reports(url, [DRIFT, DRIFT], windows=later)
+    with session_scope(url) as session:
+        counted = retrains.recent_verdicts(
+            session=session,
+            model_name="el_defect_classifier",
+            model_version="1",
+            after=None,
+            limit=3,
+        )
+    # The newest of the three over one window counts, once.
+    assert counted == [(newer[1], DRIFT), (newer[0], DRIFT), (repeated[2], DRIFT)]
+    fired = check_retrain(settings=policy_settings, send=sent.append, production=_serving)
+    assert fired.reason == "drift" and sent == [fired.opened]
+
+
+def test_drift_reports_over_successive_windows_fire(policy_settings: Settings) -> None:
+    url = policy_settings.database_url
+    ids = _add_reports(
+        url, [DRIFT, DRIFT, DRIFT], windows=_windows(utcnow() - timedelta(hours=1), 3)
+    )
+    fired = check_retrain(settings=policy_settings, send=lambda _i: None, production=_serving)
+    assert fired.reason == "drift"
+    with session_scope(url) as session:
+        trigger = retrains.get_trigger(session=session, trigger_id=fired.opened or 0)
+        assert trigger is not None and trigger.inputs["drift_reports"] == ids[::-1]
+
+
+def test_an_ok_over_an_overlapping_window_still_breaks_the_run(policy_settings: Settings) -> None:
+    url = policy_settings.database_url
+    first, second, third = _windows(utcnow() - timedelta(hours=1), 3)
+    # ok over most of the newest window's images, between drift reports.
+    overlapping = (second[0] + timedelta(minutes=5), third[0] + timedelta(minutes=5))
+    _add_reports(url, [DRIFT, DRIFT, OK, DRIFT], windows=[first, second, overlapping, third])
+    held = check_retrain(settings=policy_settings, send=lambda _i: None, production=_serving)
+    assert held.opened is None
