@@ -16,6 +16,7 @@ import math
 import resource
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,10 +163,19 @@ def check_positives(
         )
 
 
-def positive_weights(targets: np.ndarray, max_pos_weight: float) -> torch.Tensor:
+def positive_weights(
+    targets: np.ndarray, max_pos_weight: float, pasted: Mapping[int, float] | None = None
+) -> torch.Tensor:
     """sqrt(negatives / positives) per class, clamped: tempered, so rare classes are heard
-    without the loss being dominated by a handful of images."""
-    pos = targets.sum(0)
+    without the loss being dominated by a handful of images.
+
+    `pasted` (class -> probability, `augment.paste`) counts the positives the loss will see:
+    a draw without the class gets it with that probability. Counted on the data alone, the
+    weight would boost a class that pasting has already made common, twice over.
+    """
+    pos = targets.sum(0).astype(np.float64)
+    for cls, p in (pasted or {}).items():
+        pos[cls] += p * (len(targets) - pos[cls])
     neg = len(targets) - pos
     return torch.tensor(
         np.clip(np.sqrt(neg / np.maximum(pos, 1)), 1.0, max_pos_weight), dtype=torch.float32
@@ -447,7 +457,8 @@ def train(
 
     # Model, loss, optimiser, schedule.
     model = build_model(config.model, len(labels)).to(dev).to(memory_format=torch.channels_last)
-    pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight).to(dev)
+    pasted = paste.probabilities if paste is not None else None
+    pos_weight = positive_weights(targets[train_idx], config.optim.max_pos_weight, pasted).to(dev)
     criterion = FocalBCE(pos_weight, config.optim.focal_gamma)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay

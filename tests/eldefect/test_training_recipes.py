@@ -36,6 +36,7 @@ from eldefect.train import (
     defect_paste,
     epochs_within_budget,
     load_samples,
+    positive_weights,
     train,
     weight_average,
 )
@@ -278,3 +279,17 @@ def test_a_synthetic_dataset_is_drawn_again_when_the_config_changes(tmp_path: Pa
     config.data.synthetic_n = 9
     changed, _ = load_samples(config, labels, None, tmp_path)
     assert (len(first), len(again), len(changed)) == (6, 6, 9)
+
+
+def test_positive_weights_count_the_positives_pasting_adds() -> None:
+    # 100 images: class 0 in 4 (rare, pasted at 0.2), class 1 in 25.
+    targets = np.zeros((100, 2), dtype=np.float32)
+    targets[:4, 0] = 1
+    targets[:25, 1] = 1
+
+    plain = positive_weights(targets, max_pos_weight=10)
+    pasted = positive_weights(targets, max_pos_weight=10, pasted={0: 0.2})
+
+    assert plain.tolist() == pytest.approx([np.sqrt(96 / 4), np.sqrt(75 / 25)])
+    # A draw without the class gets it one time in five: 4 + 0.2 * 96 = 23.2 positives.
+    assert pasted.tolist() == pytest.approx([np.sqrt(76.8 / 23.2), np.sqrt(75 / 25)])
