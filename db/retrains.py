@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -195,34 +195,14 @@ def fail_trigger(*, session: Session, trigger_id: int, error: str) -> bool:
 def expire_triggers(*, session: Session, now: datetime | None = None) -> list[int]:
     """Fail running triggers whose lease ran out (their worker died); returns their ids."""
     now = now or utcnow()
-    ids = list(
-        session.scalars(
-            select(RetrainTrigger.id).where(
-                RetrainTrigger.status == TriggerStatus.running,
-                RetrainTrigger.lease_expires_at < now,
-            )
-        )
+    # A worker renewing at this very moment keeps its trigger.
+    return _fail_each_where(
+        session,
+        RetrainTrigger.status == TriggerStatus.running,
+        RetrainTrigger.lease_expires_at < now,
+        error=WORKER_LOST,
+        now=now,
     )
-    # Each one conditionally: a worker renewing at this very moment keeps its trigger.
-    return [
-        trigger_id
-        for trigger_id in ids
-        if session.execute(
-            update(RetrainTrigger)
-            .where(
-                RetrainTrigger.id == trigger_id,
-                RetrainTrigger.status == TriggerStatus.running,
-                RetrainTrigger.lease_expires_at < now,
-            )
-            .values(
-                status=TriggerStatus.failed,
-                error=WORKER_LOST,
-                open_slot=None,
-                lease_expires_at=None,
-                finished_at=now,
-            )
-        ).rowcount  # type: ignore[attr-defined]
-    ]
 
 
 def queued_timeout_error(timeout_s: float) -> str:
@@ -239,21 +219,28 @@ def expire_queued(
     """Fail queued triggers created before `older_than` (no training worker took them, however
     often the message was re-sent); returns their ids. Without this a trigger opened while no
     worker listens on `training` would hold the one open slot for good."""
-    ids = list(
-        session.scalars(
-            select(RetrainTrigger.id).where(
-                RetrainTrigger.status == TriggerStatus.queued,
-                RetrainTrigger.created_at < older_than,
-            )
-        )
+    # A worker taking one at this very moment keeps it.
+    return _fail_each_where(
+        session,
+        RetrainTrigger.status == TriggerStatus.queued,
+        RetrainTrigger.created_at < older_than,
+        error=error,
+        now=now,
     )
-    # Each one conditionally: a worker taking it at this very moment keeps it.
+
+
+def _fail_each_where(
+    session: Session, *conditions: ColumnElement[bool], error: str, now: datetime
+) -> list[int]:
+    """Fail the triggers matching `conditions`, each by an update that checks them again, so
+    one that changed in between (renewed, taken) stays as it is; returns the ids failed."""
+    ids = list(session.scalars(select(RetrainTrigger.id).where(*conditions)))
     return [
         trigger_id
         for trigger_id in ids
         if session.execute(
             update(RetrainTrigger)
-            .where(RetrainTrigger.id == trigger_id, RetrainTrigger.status == TriggerStatus.queued)
+            .where(RetrainTrigger.id == trigger_id, *conditions)
             .values(
                 status=TriggerStatus.failed,
                 error=error[:4000],
